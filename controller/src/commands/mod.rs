@@ -1,0 +1,4 @@
+//! One module per `muster` subcommand.
+
+pub mod schema;
+pub mod validate;

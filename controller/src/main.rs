@@ -1,0 +1,7 @@
+//! The `muster` command: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    muster_controller::main()
+}
