@@ -318,6 +318,9 @@ impl DocCtx<'_, '_> {
 }
 
 fn is_beneath(path: &str, ancestor: &str) -> bool {
+    if ancestor.is_empty() {
+        return !path.is_empty();
+    }
     path.strip_prefix(ancestor)
         .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }

@@ -1,0 +1,4 @@
+//! Integration tests of the `muster` command and the controller library.
+
+mod cli;
+mod corpus;
