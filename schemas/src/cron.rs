@@ -110,16 +110,14 @@ impl FromStr for CronSchedule {
                 "write five fields: minute hour day-of-month month day-of-week, such as \"0 3 * * 1\""
             };
             return Err(LeafError::new(format!(
-                "schedule `{text}` has {} fields, expected 5",
+                "`{text}` has {} fields, expected 5",
                 fields.len()
             ))
             .with_hint(hint));
         }
         let [minute, hour, day_of_month, month, day_of_week] =
             [fields[0], fields[1], fields[2], fields[3], fields[4]];
-        let field_error = |name: &str, err: String| {
-            LeafError::new(format!("schedule `{text}`: {name} field: {err}"))
-        };
+        let field_error = |name: &str, err: String| LeafError::new(format!("{name} field: {err}"));
         parse_field(minute, 0, 59, &[]).map_err(|e| field_error("minute", e))?;
         parse_field(hour, 0, 23, &[]).map_err(|e| field_error("hour", e))?;
         parse_field(day_of_month, 1, 31, &[]).map_err(|e| field_error("day-of-month", e))?;
@@ -147,8 +145,9 @@ impl FromStr for CronSchedule {
         let schedules = expressions
             .iter()
             .map(|expr| {
-                cron::Schedule::from_str(expr)
-                    .map_err(|err| LeafError::new(format!("schedule `{text}` is invalid: {err}")))
+                cron::Schedule::from_str(expr).map_err(|err| {
+                    LeafError::new(format!("`{text}` is not a valid schedule: {err}"))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(CronSchedule {
@@ -392,23 +391,17 @@ mod tests {
         let err = |text: &str| text.parse::<CronSchedule>().unwrap_err().to_string();
         assert_eq!(
             err("0 0 3 * * 1"),
-            "schedule `0 0 3 * * 1` has 6 fields, expected 5 (crontab has no seconds field: write minute hour day-of-month month day-of-week)"
+            "`0 0 3 * * 1` has 6 fields, expected 5 (crontab has no seconds field: write minute hour day-of-month month day-of-week)"
         );
-        assert_eq!(
-            err("61 * * * *"),
-            "schedule `61 * * * *`: minute field: 61 is out of range 0-59"
-        );
-        assert_eq!(
-            err("0 0 * * 8"),
-            "schedule `0 0 * * 8`: day-of-week field: 8 is out of range 0-7"
-        );
+        assert_eq!(err("61 * * * *"), "minute field: 61 is out of range 0-59");
+        assert_eq!(err("0 0 * * 8"), "day-of-week field: 8 is out of range 0-7");
         assert_eq!(
             err("0 0 * * funday"),
-            "schedule `0 0 * * funday`: day-of-week field: `funday` is not a number or a name such as `sun`"
+            "day-of-week field: `funday` is not a number or a name such as `sun`"
         );
         assert_eq!(
             err("0 0 5-1 * *"),
-            "schedule `0 0 5-1 * *`: day-of-month field: range `5-1` runs backwards"
+            "day-of-month field: range `5-1` runs backwards"
         );
         assert!(err("@reboot").contains("not a schedule"));
     }

@@ -288,12 +288,22 @@ impl<'n, 'p, 's> NodeDe<'n, 'p, 's> {
             if expected == "a string" && scalar.plain && !scalar.text.is_empty() {
                 hint = Some(format!("quote it: \"{}\"", scalar.text));
             }
+            if expected == "a list" && !scalar.text.is_empty() {
+                hint = Some(format!("write a list: [{}]", scalar.text));
+            }
             if expected == "a boolean" {
                 let lower = scalar.text.to_ascii_lowercase();
                 if matches!(lower.as_str(), "yes" | "no" | "on" | "off" | "y" | "n") {
                     hint = Some("YAML 1.2 reads this as a string: write true or false".into());
+                } else if !scalar.plain && matches!(lower.as_str(), "true" | "false") {
+                    hint = Some(format!("remove the quotes: {lower}"));
                 }
             }
+        } else if let Value::Seq(items) = &self.node.value
+            && expected == "a string"
+            && items.len() == 1
+        {
+            hint = Some("write a single value, not a list".into());
         }
         self.session
             .report(self.node.location, &self.path, message, hint);
@@ -302,9 +312,15 @@ impl<'n, 'p, 's> NodeDe<'n, 'p, 's> {
     fn deserialize_str_like<V: Visitor<'n>>(self, visitor: V) -> Result<V::Value> {
         let value = match self.scalar().map(Scalar::resolve) {
             Some(Resolved::Str(text)) => visitor.visit_str(text),
-            _ => {
+            // The text goes on as the placeholder, so that a leaf type can
+            // say what is wrong with it (see `child`).
+            other => {
                 self.mismatch("a string");
-                visitor.visit_str("")
+                let text = match other {
+                    Some(_) => self.scalar().map_or("", |s| s.text.as_str()),
+                    None => "",
+                };
+                visitor.visit_str(text)
             }
         };
         value.map_err(|err: Error| err.locate(self.node, &self.path))
@@ -550,7 +566,7 @@ impl<'n> de::Deserializer<'n> for NodeDe<'n, '_, '_> {
                     location: self.node.location,
                     path: path_key(&path, field),
                     message: format!("missing field `{field}`"),
-                    hint: None,
+                    hint: Some(format!("add `{field}:`")),
                 };
                 Err(Error::Retry {
                     problem: Box::new(problem),
@@ -853,16 +869,16 @@ impl<'n> de::VariantAccess<'n> for VariantAccess<'n, '_, '_> {
     type Error = Error;
 
     fn unit_variant(self) -> Result<()> {
-        if let Some(value) = self.value {
-            if !value.is_null() {
-                let child = Path::Key(self.path, self.variant);
-                self.session.report(
-                    value.location,
-                    &child,
-                    format!("`{}` takes no value", self.variant),
-                    Some(format!("write just `{}`", self.variant)),
-                );
-            }
+        if let Some(value) = self.value
+            && !value.is_null()
+        {
+            let child = Path::Key(self.path, self.variant);
+            self.session.report(
+                value.location,
+                &child,
+                format!("`{}` takes no value", self.variant),
+                Some(format!("write just `{}`", self.variant)),
+            );
         }
         Ok(())
     }
@@ -1255,7 +1271,7 @@ shapes:
                 "3:9 inner.port: expected an integer from 0 to 65535, found an integer `99999`".into(),
                 "4:8 inner.tls: expected a boolean, found a string `yes` (YAML 1.2 reads this as a string: write true or false)"
                     .into(),
-                "5:7 tags: expected a list, found a string `oops`".into(),
+                "5:7 tags: expected a list, found a string `oops` (write a list: [oops])".into(),
                 "7:5 shapes[0]: unknown type `circel` (did you mean `circle`?)".into(),
                 "8:20 shapes[1].square.port: expected an integer from 0 to 65535, found a string `x`".into(),
             ]
@@ -1268,8 +1284,8 @@ shapes:
         assert_eq!(
             problems(text),
             vec![
-                "2:8 inner.port: missing field `port`".to_string(),
-                "3:19 shapes[0].circle.radius: missing field `radius`".into(),
+                "2:8 inner.port: missing field `port` (add `port:`)".to_string(),
+                "3:19 shapes[0].circle.radius: missing field `radius` (add `radius:`)".into(),
             ]
         );
     }

@@ -29,9 +29,9 @@ pub struct Diagnostic {
     pub severity: Severity,
     /// Path of the file, relative to the fleet repo's root, with `/`.
     pub file: String,
-    /// 1-based line; 0 when the problem concerns the whole file.
+    /// 1-based line.
     pub line: u32,
-    /// 1-based column; 0 when the problem concerns the whole file.
+    /// 1-based column.
     pub column: u32,
     /// Where in the document, such as `resources[2].file.mode`; empty for
     /// the document itself or the whole file.
@@ -59,9 +59,10 @@ impl Diagnostic {
         }
     }
 
-    /// A problem with a whole file (unreadable, too big, not UTF-8).
+    /// A problem with a whole file (empty, too big, a link), reported at
+    /// its start so that every line keeps the `file:line:col` shape.
     pub fn file_error(file: &str, message: impl Into<String>) -> Self {
-        Diagnostic::error(file, Location::default(), "", message)
+        Diagnostic::error(file, Location::new(1, 1), "", message)
     }
 
     pub fn with_hint(mut self, hint: Option<impl Into<String>>) -> Self {
@@ -89,11 +90,11 @@ impl fmt::Display for Diagnostic {
     /// Compiler style: `file:line:col: error: path: message`, then the hint
     /// indented on its own line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.column)?;
-        }
-        write!(f, ": {}: ", self.severity)?;
+        write!(
+            f,
+            "{}:{}:{}: {}: ",
+            self.file, self.line, self.column, self.severity
+        )?;
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }

@@ -27,7 +27,7 @@ pub fn is_fleet_file(path: &str) -> bool {
 }
 
 /// One parsed file.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ParsedFile {
     pub path: String,
     pub documents: Vec<ParsedDocument>,
@@ -35,7 +35,7 @@ pub struct ParsedFile {
 }
 
 /// One document of a file, as far as it could be read.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ParsedDocument {
     /// The document's root node, kept to locate later diagnostics.
     pub node: Node,
@@ -154,7 +154,12 @@ fn parse_document(path: &str, node: Node, diagnostics: &mut Vec<Diagnostic>) -> 
     ParsedDocument {
         kind,
         assumed_kind,
-        name: node.get("name").and_then(Node::as_str).map(str::to_string),
+        // Any scalar counts, so that `name: 2024` (reported as a number)
+        // still declares the name its references use.
+        name: node.get("name").and_then(|name| match &name.value {
+            Value::Scalar(scalar) if !scalar.text.is_empty() => Some(scalar.text.clone()),
+            _ => None,
+        }),
         spec,
         broken_paths,
         node,
@@ -209,13 +214,18 @@ fn read_document(
             let typo = keys
                 .iter()
                 .find(|key| suggest::closest(key, ["kind"]).is_some());
-            let hint = match typo {
-                Some(typo) => format!("did you mean `kind` instead of `{typo}`?"),
-                None => format!("add `kind:` with one of {}", suggest::one_of(&kind_names)),
+            let (location, hint) = match typo {
+                Some(typo) => (
+                    node.get_key(typo).map_or(node.location, |key| key.location),
+                    format!("did you mean `kind` instead of `{typo}`?"),
+                ),
+                None => (
+                    node.location,
+                    format!("add `kind:` with one of {}", suggest::one_of(&kind_names)),
+                ),
             };
             diagnostics.push(
-                Diagnostic::error(path, node.location, "", "missing field `kind`")
-                    .with_hint(Some(hint)),
+                Diagnostic::error(path, location, "", "missing field `kind`").with_hint(Some(hint)),
             );
             None
         }

@@ -168,6 +168,10 @@ impl FromStr for Duration {
             let value: u64 = rest[..digits].parse().map_err(|_| invalid())?;
             rest = &rest[digits..];
             let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+            if unit_len == 0 && rest.is_empty() && digits == text.len() {
+                return Err(LeafError::new(format!("duration `{text}` has no unit"))
+                    .with_hint(format!("write \"{text}s\" for seconds, or use m, h, d")));
+            }
             let millis_per_unit: u64 = match &rest[..unit_len] {
                 "ms" => 1,
                 "s" => 1_000,
@@ -175,10 +179,6 @@ impl FromStr for Duration {
                 "h" => 3_600_000,
                 "d" => 86_400_000,
                 "w" => 604_800_000,
-                "" => {
-                    return Err(LeafError::new(format!("duration `{text}` has no unit"))
-                        .with_hint(format!("write \"{text}s\" for seconds")));
-                }
                 _ => return Err(invalid()),
             };
             rest = &rest[unit_len..];
@@ -364,8 +364,21 @@ mod tests {
         );
         assert_eq!("90m".parse::<Duration>().unwrap().to_string(), "1h30m");
         let err = "30".parse::<Duration>().unwrap_err();
-        assert_eq!(err.hint.as_deref(), Some("write \"30s\" for seconds"));
-        for bad in ["", "s", "1x", "1h 30m", "-1s", "99999999999999999999d"] {
+        assert_eq!(
+            err.hint.as_deref(),
+            Some("write \"30s\" for seconds, or use m, h, d")
+        );
+        let err = "10 minutes".parse::<Duration>().unwrap_err();
+        assert_eq!(err.message, "invalid duration `10 minutes`");
+        for bad in [
+            "",
+            "s",
+            "1x",
+            "1h 30m",
+            "-1s",
+            "99999999999999999999d",
+            "1h30",
+        ] {
             assert!(bad.parse::<Duration>().is_err(), "{bad}");
         }
     }

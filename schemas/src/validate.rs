@@ -39,7 +39,14 @@ impl Validation {
 pub fn validate(mut files: Vec<ParsedFile>, repo_files: &BTreeSet<String>) -> Validation {
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let sources = referenced_sources(&files);
-    files.retain(|file| !sources.contains(&file.path));
+    // A file that holds Muster documents stays a fleet file even when named
+    // as a source; the reference to it is the error (see `check_repo_file`).
+    let fleet_sources: BTreeSet<String> = files
+        .iter()
+        .filter(|file| sources.contains(&file.path) && holds_documents(file))
+        .map(|file| file.path.clone())
+        .collect();
+    files.retain(|file| !sources.contains(&file.path) || fleet_sources.contains(&file.path));
 
     let mut diagnostics: Vec<Diagnostic> = files
         .iter()
@@ -48,7 +55,8 @@ pub fn validate(mut files: Vec<ParsedFile>, repo_files: &BTreeSet<String>) -> Va
     let n_files = files.len();
     let n_documents = files.iter().map(|f| f.documents.len()).sum();
 
-    let index = Index::build(&files, &mut diagnostics);
+    let mut index = Index::build(&files, &mut diagnostics);
+    index.fleet_sources = fleet_sources;
     let mut model = FleetModel::default();
     for file in &files {
         for document in &file.documents {
@@ -91,6 +99,12 @@ pub fn validate(mut files: Vec<ParsedFile>, repo_files: &BTreeSet<String>) -> Va
     }
 }
 
+fn holds_documents(file: &ParsedFile) -> bool {
+    file.documents
+        .iter()
+        .any(|document| document.node.get("apiVersion").and_then(Node::as_str) == Some(API_VERSION))
+}
+
 /// Repo files named by `source` fields of file resources and scripts.
 fn referenced_sources(files: &[ParsedFile]) -> BTreeSet<String> {
     let mut sources = BTreeSet::new();
@@ -122,6 +136,10 @@ fn referenced_sources(files: &[ParsedFile]) -> BTreeSet<String> {
 /// Names declared in the repo, for reference checks.
 struct Index<'a> {
     names: HashMap<Kind, BTreeMap<&'a str, Origin>>,
+    /// Some fleet file could not be parsed at all, so names may be missing.
+    incomplete: bool,
+    /// Repo files named as `source` that hold fleet documents themselves.
+    fleet_sources: BTreeSet<String>,
     scripts: BTreeMap<&'a str, &'a ScriptSpec>,
     checks: BTreeSet<&'a str>,
 }
@@ -130,6 +148,10 @@ impl<'a> Index<'a> {
     fn build(files: &'a [ParsedFile], diagnostics: &mut Vec<Diagnostic>) -> Self {
         let mut index = Index {
             names: HashMap::new(),
+            incomplete: files
+                .iter()
+                .any(|f| f.documents.is_empty() && f.diagnostics.iter().any(Diagnostic::is_error)),
+            fleet_sources: BTreeSet::new(),
             scripts: BTreeMap::new(),
             checks: BTreeSet::new(),
         };
@@ -150,19 +172,19 @@ impl<'a> Index<'a> {
                     location,
                 };
                 let declared = index.names.entry(kind).or_default();
-                if kind == Kind::Fleet {
-                    if let Some(first) = declared.values().next() {
-                        diagnostics.push(
-                            Diagnostic::error(
-                                &file.path,
-                                document.location(),
-                                "",
-                                format!("more than one Fleet document (the first is at {first})"),
-                            )
-                            .with_hint(Some("keep one Fleet document with all fleet settings")),
-                        );
-                        continue;
-                    }
+                if kind == Kind::Fleet
+                    && let Some(first) = declared.values().next()
+                {
+                    diagnostics.push(
+                        Diagnostic::error(
+                            &file.path,
+                            document.location(),
+                            "",
+                            format!("more than one Fleet document (the first is at {first})"),
+                        )
+                        .with_hint(Some("keep one Fleet document with all fleet settings")),
+                    );
+                    continue;
                 }
                 match declared.get(name) {
                     Some(first) => diagnostics.push(
@@ -231,6 +253,25 @@ impl YPath {
         path
     }
 
+    fn parent(&self) -> Option<YPath> {
+        let mut path = self.clone();
+        path.0.pop()?;
+        Some(path)
+    }
+
+    /// The node at exactly this path.
+    fn node<'n>(&self, root: &'n Node) -> Option<&'n Node> {
+        let mut node = root;
+        for seg in &self.0 {
+            node = match (seg, &node.value) {
+                (Seg::Key(key), Value::Map(_)) => node.get(key)?,
+                (Seg::Index(index), Value::Seq(items)) => items.get(*index)?,
+                _ => return None,
+            };
+        }
+        Some(node)
+    }
+
     /// The node at this path, or the deepest ancestor that exists.
     fn locate(&self, root: &Node) -> Location {
         let mut node = root;
@@ -292,10 +333,24 @@ impl DocCtx<'_, '_> {
     }
 
     fn reference(&mut self, index: &Index<'_>, kind: Kind, path: &YPath, name: &str) {
-        if index.has(kind, name) {
+        // When a file could not be read at all, its names are unknown:
+        // reporting every use of them would bury the real problem.
+        if index.has(kind, name) || index.incomplete {
             return;
         }
-        let hint = suggest::did_you_mean(name, index.names(kind)).or_else(|| match kind {
+        // Names already listed beside this one are no useful suggestion.
+        let siblings: Vec<&str> = path
+            .parent()
+            .and_then(|parent| parent.node(&self.document.node))
+            .map(|list| match &list.value {
+                Value::Seq(items) => items.iter().filter_map(Node::as_str).collect(),
+                _ => Vec::new(),
+            })
+            .unwrap_or_default();
+        let candidates = index
+            .names(kind)
+            .filter(|candidate| !siblings.contains(candidate));
+        let hint = suggest::did_you_mean(name, candidates).or_else(|| match kind {
             Kind::Host => Some("declare it with a `Host` document, or select it by label: `selector: {hostname: ...}`".into()),
             _ => Some(format!("declare it with a `{kind}` document")),
         });
@@ -358,11 +413,25 @@ fn check_document(
         }
         Spec::Group(group) => {
             if group.selector.is_none() && group.hosts.is_empty() {
-                ctx.error(
-                    &root,
-                    "group selects no hosts",
-                    Some("add a `selector` (`{}` selects every host) or a list of `hosts`".into()),
-                );
+                if ctx.document.node.get("selector").is_some() {
+                    ctx.error(
+                        &root.key("selector"),
+                        "selector is empty",
+                        Some(
+                            "write `selector: {}` to select every host, or list labels to match"
+                                .into(),
+                        ),
+                    );
+                } else {
+                    ctx.error(
+                        &root,
+                        "group selects no hosts",
+                        Some(
+                            "add a `selector` (`{}` selects every host) or a list of `hosts`"
+                                .into(),
+                        ),
+                    );
+                }
             }
             if let Some(selector) = &group.selector {
                 check_selector(ctx, &root.key("selector"), selector);
@@ -385,7 +454,7 @@ fn check_document(
             }
             if !window.silence_alerts && !window.hold_rollouts {
                 ctx.error(
-                    &root,
+                    &root.key("silence_alerts"),
                     "window does nothing: neither `silence_alerts` nor `hold_rollouts` is true",
                     Some("set `silence_alerts: true` or `hold_rollouts: true`".into()),
                 );
@@ -591,8 +660,17 @@ fn check_repo_file(
     ctx: &mut DocCtx<'_, '_>,
     path: &YPath,
     source: &str,
+    index: &Index<'_>,
     repo_files: &BTreeSet<String>,
 ) {
+    if index.fleet_sources.contains(source) {
+        ctx.error(
+            path,
+            format!("`{source}` holds fleet documents and cannot be used as content"),
+            Some("name a plain file, such as one under `files/`".into()),
+        );
+        return;
+    }
     if source.starts_with('/') {
         ctx.error(
             path,
@@ -691,7 +769,7 @@ fn check_policy(
                 Some("merge the two declarations into one".into()),
             );
         } else {
-            check_resource(ctx, &path, resource, repo_files);
+            check_resource(ctx, &path, resource, index, repo_files);
         }
         let check_ids = |ctx: &mut DocCtx<'_, '_>, field: &str, ids: &[String]| {
             for (j, wanted) in ids.iter().enumerate() {
@@ -762,6 +840,7 @@ fn check_resource(
     ctx: &mut DocCtx<'_, '_>,
     path: &YPath,
     resource: &Resource,
+    index: &Index<'_>,
     repo_files: &BTreeSet<String>,
 ) {
     match resource {
@@ -786,7 +865,7 @@ fn check_resource(
                 );
             }
             if let Some(source) = &file.source {
-                check_repo_file(ctx, &path.key("source"), source, repo_files);
+                check_repo_file(ctx, &path.key("source"), source, index, repo_files);
             }
             check_owner(ctx, path, file.owner.as_deref(), file.group.as_deref());
         }
@@ -910,7 +989,9 @@ fn check_script(
             Some("give the script inline in `body`, or as a repo file in `source`".into()),
         ),
         (Some(_), Some(_)) => ctx.error(&root, "set either `body` or `source`, not both", None),
-        (None, Some(source)) => check_repo_file(ctx, &root.key("source"), source, repo_files),
+        (None, Some(source)) => {
+            check_repo_file(ctx, &root.key("source"), source, index, repo_files)
+        }
         (Some(body), None) if body.trim().is_empty() => {
             ctx.error(&root.key("body"), "script body is empty", None)
         }
@@ -961,17 +1042,18 @@ fn check_script(
             ),
             (_, true) => {}
         }
-        if let Some(default) = &parameter.default {
-            if !parameter.kind.accepts(default, &parameter.values) {
-                ctx.error(
-                    &path.key("default"),
-                    format!(
-                        "default `{default}` is not a valid {}",
-                        parameter.kind.as_str()
-                    ),
-                    None,
-                );
-            }
+        if let Some(default) = &parameter.default
+            && !parameter.kind.accepts(default, &parameter.values)
+        {
+            ctx.error(
+                &path.key("default"),
+                format!(
+                    "default `{}` is not {}",
+                    plain(default),
+                    expected_value(parameter.kind, &parameter.values)
+                ),
+                None,
+            );
         }
         if script.schedule.is_some() && parameter.required && parameter.default.is_none() {
             ctx.error(
@@ -999,6 +1081,27 @@ fn check_script(
     }
 }
 
+/// A JSON value as a user wrote it: strings without their quotes.
+fn plain(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What a parameter of this type accepts, for messages.
+fn expected_value(kind: ParameterType, values: &[String]) -> String {
+    match kind {
+        ParameterType::String => "one line of text".into(),
+        ParameterType::Integer => "a whole number".into(),
+        ParameterType::Boolean => "true or false".into(),
+        ParameterType::Enum => {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            format!("one of {}", suggest::one_of(&values))
+        }
+    }
+}
+
 /// Parameters given to a script (by a remediation) against its declaration.
 fn check_params(
     ctx: &mut DocCtx<'_, '_>,
@@ -1006,18 +1109,26 @@ fn check_params(
     script: &ScriptSpec,
     params: &BTreeMap<String, serde_json::Value>,
 ) {
+    let declared = || script.parameters.iter().map(|p| p.name.as_str());
+    // A misspelt name is reported once, as the unknown parameter.
+    let misspelt: Vec<&str> = params
+        .keys()
+        .filter(|name| !declared().any(|p| p == name.as_str()))
+        .filter_map(|name| suggest::closest(name, declared()))
+        .collect();
     for (name, value) in params {
         match script.parameters.iter().find(|p| p.name == *name) {
             None => ctx.error(
                 &path.key(name),
                 format!("script `{}` has no parameter `{name}`", script.name),
-                suggest::did_you_mean(name, script.parameters.iter().map(|p| p.name.as_str())),
+                suggest::did_you_mean(name, declared()),
             ),
             Some(parameter) if !parameter.kind.accepts(value, &parameter.values) => ctx.error(
                 &path.key(name),
                 format!(
-                    "`{value}` is not a valid {} for parameter `{name}`",
-                    parameter.kind.as_str()
+                    "`{}` is not {} (parameter `{name}`)",
+                    plain(value),
+                    expected_value(parameter.kind, &parameter.values)
                 ),
                 None,
             ),
@@ -1028,6 +1139,7 @@ fn check_params(
         if parameter.required
             && parameter.default.is_none()
             && !params.contains_key(&parameter.name)
+            && !misspelt.contains(&parameter.name.as_str())
         {
             ctx.error(
                 path,
@@ -1035,7 +1147,7 @@ fn check_params(
                     "missing required parameter `{}` of script `{}`",
                     parameter.name, script.name
                 ),
-                None,
+                Some(format!("add `{}:` to `params`", parameter.name)),
             );
         }
     }
@@ -1045,7 +1157,13 @@ fn check_alert_rule(ctx: &mut DocCtx<'_, '_>, rule: &AlertRuleSpec, index: &Inde
     let root = YPath::default();
     let condition = root.key("condition").key(rule.condition.name());
     let percent = |ctx: &mut DocCtx<'_, '_>, above: f64| {
-        if !(0.0..100.0).contains(&above) {
+        if above >= 100.0 {
+            ctx.error(
+                &condition.key("above"),
+                format!("a threshold of {above} percent can never be exceeded"),
+                Some("use a value below 100".into()),
+            );
+        } else if above < 0.0 {
             ctx.error(
                 &condition.key("above"),
                 format!("threshold {above} is out of range 0-100 (percent)"),
@@ -1100,10 +1218,21 @@ fn check_channel(ctx: &mut DocCtx<'_, '_>, channel: &ChannelSpec) {
     let n_destinations = usize::from(channel.webhook.is_some())
         + usize::from(channel.slack.is_some())
         + usize::from(channel.email.is_some());
-    if n_destinations != 1 {
+    if n_destinations == 0 {
         ctx.error(
             &root,
-            format!("a channel has exactly one of `webhook`, `slack` and `email`; this one has {n_destinations}"),
+            "channel has no destination",
+            Some("add one of `webhook`, `slack` or `email`".into()),
+        );
+    } else if n_destinations > 1 {
+        let second = ["webhook", "slack", "email"]
+            .into_iter()
+            .filter(|key| ctx.document.node.get(key).is_some())
+            .nth(1)
+            .unwrap_or_default();
+        ctx.error(
+            &root.key(second),
+            format!("a channel has one destination; this one has {n_destinations}"),
             Some("declare one channel per destination".into()),
         );
     }

@@ -118,10 +118,10 @@ impl Scalar {
         if let Some(int) = parse_int(text) {
             return Resolved::Int(int);
         }
-        if looks_like_float(text) {
-            if let Ok(float) = text.parse::<f64>() {
-                return Resolved::Float(float);
-            }
+        if looks_like_float(text)
+            && let Ok(float) = text.parse::<f64>()
+        {
+            return Resolved::Float(float);
         }
         Resolved::Str(text)
     }
@@ -286,7 +286,7 @@ pub fn parse_stream(text: &str) -> Result<Stream, SyntaxError> {
                     u32::try_from(marker.col() + 1).unwrap_or(u32::MAX),
                 ),
                 message: format!("invalid YAML: {}", err.info()),
-                hint: None,
+                hint: syntax_hint(err.info()),
             }
         })?;
         builder.on_event(event, &span)?;
@@ -295,6 +295,22 @@ pub fn parse_stream(text: &str) -> Result<Stream, SyntaxError> {
         documents: builder.documents,
         problems: builder.problems,
     })
+}
+
+/// Advice for the syntax errors people make most.
+fn syntax_hint(info: &str) -> Option<String> {
+    let hint = if info.contains("tab") {
+        "indent with spaces: YAML does not allow tabs for indentation"
+    } else if info.contains("quoted scalar") {
+        "check that every quoted string has its closing quote"
+    } else if info.contains("flow sequence") || info.contains("flow mapping") {
+        "check that every `[` and `{` is closed"
+    } else if info.contains("mapping values are not allowed") || info.contains("':' indicator") {
+        "a value containing `: ` must be quoted, or a `[`/`{` earlier is not closed"
+    } else {
+        return None;
+    };
+    Some(hint.to_string())
 }
 
 impl Builder {

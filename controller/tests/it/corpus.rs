@@ -33,7 +33,10 @@ fn every_case_reports_exactly_its_expected_diagnostics() {
         let expected_path = case.join("expected.txt");
         let expected = fs::read_to_string(&expected_path).unwrap_or_default();
         if validation.model.is_some() {
-            failures.push(format!("{}: the case is valid, but corpus cases must have errors", case.display()));
+            failures.push(format!(
+                "{}: the case is valid, but corpus cases must have errors",
+                case.display()
+            ));
         }
         if actual != expected {
             if update {

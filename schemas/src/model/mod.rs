@@ -231,3 +231,136 @@ impl FleetModel {
         self.origins.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::parse_file;
+
+    fn spec(text: &str) -> Spec {
+        let file = parse_file(
+            "doc.yaml",
+            format!("apiVersion: muster/v1\n{text}").as_bytes(),
+        );
+        assert!(file.diagnostics.is_empty(), "{:#?}", file.diagnostics);
+        file.documents
+            .into_iter()
+            .next()
+            .and_then(|d| d.spec)
+            .expect("a document")
+    }
+
+    #[test]
+    fn fleet_defaults() {
+        let Spec::Fleet(fleet) = spec("kind: Fleet\nname: prod\n") else {
+            panic!()
+        };
+        assert_eq!(fleet.agent.interval.as_secs(), 300);
+        assert_eq!(fleet.agent.splay.as_secs(), 30);
+        assert_eq!(fleet.agent.offline_after.as_secs(), 900);
+        assert_eq!(fleet.bundles.expiry.as_secs(), 7 * 86_400);
+        assert_eq!(fleet.enrollment.approval, Approval::Manual);
+        assert!(!fleet.commit_signatures.required);
+        assert_eq!(fleet.rollout, RolloutSpec::default());
+    }
+
+    #[test]
+    fn policy_and_resource_defaults() {
+        let Spec::Policy(policy) = spec(
+            "kind: Policy\nname: p\ntargets: {groups: [all]}\nresources:\n  - file: {path: /etc/motd}\n  - exec: {name: x, command: [\"true\"]}\n  - package: {name: nginx}\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(policy.mode, PolicyMode::Enforce);
+        let ids: Vec<String> = policy.resources.iter().map(Resource::id).collect();
+        assert_eq!(ids, ["file:/etc/motd", "exec:x", "package:nginx"]);
+        let Resource::File(file) = &policy.resources[0] else {
+            panic!()
+        };
+        assert_eq!(file.ensure, Presence::Present);
+        assert!(!file.template && !file.secret && file.mode.is_none());
+        let Resource::Exec(exec) = &policy.resources[1] else {
+            panic!()
+        };
+        assert_eq!(exec.timeout.as_secs(), 300);
+        assert!(!exec.shell);
+        let Resource::Package(package) = &policy.resources[2] else {
+            panic!()
+        };
+        assert_eq!(package.ensure, PackageEnsure::Present);
+    }
+
+    #[test]
+    fn script_defaults() {
+        let Spec::Script(script) = spec("kind: Script\nname: s\nbody: echo hi\n") else {
+            panic!()
+        };
+        assert_eq!(script.interpreter.as_str(), "/bin/sh");
+        assert_eq!(script.timeout.as_secs(), 600);
+        assert_eq!(script.run_as, "root");
+        assert_eq!(script.timezone, crate::types::TimeZone::UTC);
+        assert_eq!(script.splay.as_secs(), 0);
+        assert!(script.schedule.is_none() && script.targets.is_none());
+    }
+
+    #[test]
+    fn unit_and_struct_variants() {
+        let Spec::AlertRule(rule) =
+            spec("kind: AlertRule\nname: a\ncondition: offline\ntargets: {groups: [all]}\n")
+        else {
+            panic!()
+        };
+        assert_eq!(rule.condition, Condition::Offline);
+        assert_eq!(rule.severity, AlertSeverity::Warning);
+        let Spec::AlertRule(rule) = spec(
+            "kind: AlertRule\nname: a\ncondition: {cpu: {above: 90}}\nfor: 5m\ntargets: {groups: [all]}\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(rule.condition, Condition::Cpu(Threshold { above: 90.0 }));
+        assert_eq!(rule.for_duration.as_secs(), 300);
+        let Spec::RoleBinding(binding) = spec(
+            "kind: RoleBinding\nname: b\nrole: r\nsubjects: [{user: alice}, {team: ops}]\nscope: {groups: [web]}\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            binding.subjects,
+            vec![Subject::User("alice".into()), Subject::Team("ops".into())]
+        );
+        assert_eq!(binding.scope, Scope::Groups(vec!["web".into()]));
+    }
+
+    #[test]
+    fn selectors_accept_one_value_or_a_list() {
+        let Spec::Group(group) =
+            spec("kind: Group\nname: g\nselector: {role: web, env: [prod, staging], port: 80}\n")
+        else {
+            panic!()
+        };
+        let selector = group.selector.expect("a selector");
+        assert_eq!(selector.0["role"], LabelMatch::One("web".into()));
+        assert_eq!(
+            selector.0["env"],
+            LabelMatch::Any(vec!["prod".into(), "staging".into()])
+        );
+        assert_eq!(selector.0["port"], LabelMatch::One("80".into()));
+    }
+
+    #[test]
+    fn models_round_trip_through_json() {
+        let original = spec(
+            "kind: Script\nname: s\nbody: x\nschedule: \"0 3 * * 1\"\ntimezone: Europe/Berlin\nsplay: 90s\ntargets: {groups: [all]}\nrollout: {max_parallel: \"25%\", failure_threshold: 2}\n",
+        );
+        let Spec::Script(script) = original else {
+            panic!()
+        };
+        let json = serde_json::to_value(&script).unwrap();
+        assert_eq!(json["schedule"], "0 3 * * 1");
+        assert_eq!(json["splay"], "1m30s");
+        assert_eq!(json["rollout"]["max_parallel"], "25%");
+        assert_eq!(json["rollout"]["failure_threshold"], 2);
+        let back: ScriptSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back, script);
+    }
+}
