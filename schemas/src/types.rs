@@ -123,7 +123,7 @@ impl fmt::Display for FileMode {
 leaf_serde!(FileMode, FileMode(0));
 leaf_schema!(FileMode, "FileMode", {
     "type": "string",
-    "pattern": "^(0o)?[0-7]{3,4}$",
+    "pattern": "^(0o)?0?[0-7]{3,4}$",
     "description": "Octal permission bits in quotes, such as \"0644\".",
     "examples": ["0644", "0755", "0600"]
 });

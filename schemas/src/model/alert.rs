@@ -117,9 +117,12 @@ pub struct JobFailed {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum AlertSeverity {
+    /// For the record; nobody needs to act.
     Info,
+    /// Someone should look during working hours (the default).
     #[default]
     Warning,
+    /// Someone should act now.
     Critical,
 }
 

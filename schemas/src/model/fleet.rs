@@ -270,7 +270,7 @@ impl JsonSchema for Amount {
             "description": "A count of hosts (10) or a percentage of the targets (\"25%\").",
             "anyOf": [
                 { "type": "integer", "minimum": 0 },
-                { "type": "string", "pattern": "^[0-9]{1,3}%$" }
+                { "type": "string", "pattern": "^[0-9]+%?$" }
             ]
         })
     }
@@ -285,7 +285,9 @@ pub struct HostSpec {
     /// What this host is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Labels added to the ones the agent reports; these win on conflict.
+    /// Labels added to the ones the agent reports (`hostname`, `os`,
+    /// `os_version`, `arch`, `kernel`, and those of its enrollment token);
+    /// these win on conflict.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Template variables for this host; they override policy variables.
@@ -372,11 +374,27 @@ impl Selector {
 }
 
 /// The accepted values of one label: one pattern, or a list of them.
-#[derive(Debug, Clone, PartialEq, Eq, JsonSchema)]
-#[schemars(untagged)]
+/// Numbers and booleans are read as their text (`tier: 1` matches "1").
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LabelMatch {
     One(String),
     Any(Vec<String>),
+}
+
+impl JsonSchema for LabelMatch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LabelMatch".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A label value (wildcards `*` and `?` allowed), or a list of values of which any may match.",
+            "anyOf": [
+                { "type": ["string", "number", "boolean"] },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
 }
 
 impl LabelMatch {

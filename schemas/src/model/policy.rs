@@ -310,7 +310,9 @@ pub struct ServiceSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceState {
+    /// Started, and started again if it stops.
     Running,
+    /// Not running.
     Stopped,
 }
 
@@ -323,8 +325,9 @@ pub enum ServiceState {
 pub struct ExecSpec {
     /// Name of this command, the key of its id (`exec:<name>`).
     pub name: String,
-    /// The program and its arguments. With `shell: true`, one string of
-    /// shell script instead.
+    /// The program and its arguments, such as `["systemctl",
+    /// "daemon-reload"]`. With `shell: true`, a list holding one string of
+    /// shell script.
     pub command: Vec<String>,
     /// Run `command` with `/bin/sh -c`.
     #[serde(default)]
@@ -332,10 +335,12 @@ pub struct ExecSpec {
     /// Skip the command when this path exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creates: Option<AbsPath>,
-    /// Skip the command when this command succeeds.
+    /// Skip the command when this command (an argument vector, run
+    /// without a shell) succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unless: Option<Vec<String>>,
-    /// Run the command only when this command succeeds.
+    /// Run the command only when this command (an argument vector, run
+    /// without a shell) succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub only_if: Option<Vec<String>>,
     /// Stop the command after this long and report it failed.
@@ -430,8 +435,8 @@ pub struct CheckSpec {
     /// What the check verifies and why it matters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// The program and its arguments (or, with `shell: true`, one string
-    /// of shell script).
+    /// The program and its arguments (or, with `shell: true`, a list
+    /// holding one string of shell script).
     pub command: Vec<String>,
     /// Run `command` with `/bin/sh -c`.
     #[serde(default)]
@@ -465,11 +470,16 @@ impl CheckSpec {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum CheckSeverity {
+    /// Worth knowing; no action needed.
     Info,
+    /// Fix when convenient.
     Low,
+    /// Fix soon (the default).
     #[default]
     Medium,
+    /// Fix now: a security or availability risk.
     High,
+    /// Fix immediately: the host is exposed or broken.
     Critical,
 }
 

@@ -88,11 +88,12 @@ pub struct ParameterSpec {
     /// A run must give this parameter (unless it has a default).
     #[serde(default)]
     pub required: bool,
-    /// The value used when a run does not give one.
+    /// The value used when a run does not give one; of the parameter's type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<serde_json::Value>,
     /// The allowed values of an `enum` parameter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(default)]
     pub values: Vec<String>,
     /// The value is secret: it is redacted in logs, the audit log and the
     /// dashboard.
