@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod repo;
+pub mod store;
 
 use std::process::ExitCode;
 

@@ -9,6 +9,7 @@ pub mod de;
 pub mod diagnostic;
 pub mod load;
 pub mod model;
+pub mod protocol;
 pub mod reference;
 pub mod schema;
 pub mod suggest;

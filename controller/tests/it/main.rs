@@ -2,4 +2,6 @@
 
 mod cli;
 mod corpus;
+mod db;
 mod robustness;
+mod store;
