@@ -21,6 +21,167 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the JSON Schema of fleet documents, for editors.
     Schema(SchemaArgs),
+    /// Create the data directory and the bundle signing key.
+    Init(InitArgs),
+    /// Run the controller: follow the fleet repo and serve agents.
+    Serve(Box<ServeArgs>),
+    /// Create, list and revoke enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// List, approve, reject and remove hosts.
+    Hosts {
+        #[command(subcommand)]
+        command: HostsCommand,
+    },
+    /// Show deployed and rejected commits.
+    Commits {
+        #[command(subcommand)]
+        command: CommitsCommand,
+    },
+}
+
+/// Where the controller keeps its state.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Directory for the signing key, the Git mirror and the SQLite database.
+    #[arg(long, env = "MUSTER_DATA_DIR", default_value = "muster-data")]
+    pub data_dir: PathBuf,
+    /// Database URL (`postgres://…`); SQLite in the data dir when not set.
+    #[arg(long, env = "MUSTER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// A YAML file with any of: repo, branch, path, listen, public_url,
+    /// fetch_interval, long_poll. Flags and environment variables win.
+    #[arg(long, env = "MUSTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The fleet repo: an https or ssh URL, a file:// URL or a local path.
+    #[arg(long, env = "MUSTER_REPO")]
+    pub repo: Option<String>,
+    /// The branch to follow [default: the local repo's current branch, else main].
+    #[arg(long, env = "MUSTER_BRANCH")]
+    pub branch: Option<String>,
+    /// The fleet repo's directory inside the Git repo, for monorepos.
+    #[arg(long, env = "MUSTER_PATH")]
+    pub path: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:7878].
+    #[arg(long, env = "MUSTER_LISTEN")]
+    pub listen: Option<String>,
+    /// URL agents reach this controller at, printed in enroll commands
+    /// [default: http://<listen>].
+    #[arg(long, env = "MUSTER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// How often to fetch the repo, besides webhooks [default: 30s].
+    #[arg(long, env = "MUSTER_FETCH_INTERVAL")]
+    pub fetch_interval: Option<String>,
+    /// Longest time a bundle request is held open [default: 55s].
+    #[arg(long, env = "MUSTER_LONG_POLL")]
+    pub long_poll: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print the command that enrolls a host with it.
+    Create(TokenCreateArgs),
+    /// List tokens (never the tokens themselves).
+    List(DataOnly),
+    /// Revoke a token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DataOnly {
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// How many hosts may enroll with it.
+    #[arg(long, default_value_t = 1)]
+    pub uses: u32,
+    /// How long it stays valid, such as 24h or 7d.
+    #[arg(long, default_value = "24h")]
+    pub ttl: String,
+    /// A label given to the hosts that enroll with it (`key=value`, repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Approve hosts enrolled with it at once.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// The controller URL for the enroll command [default: the URL `muster serve` recorded].
+    #[arg(long)]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// List hosts with their state and bundle.
+    List(DataOnly),
+    /// Show one host: facts, labels, bundle, last report.
+    Show {
+        name: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Approve pending hosts: they get bundles within seconds.
+    Approve {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Reject hosts: they get no bundle and no job.
+    Reject {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Remove hosts with their bundles and reports.
+    Remove {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommitsCommand {
+    /// List the commits tried, newest first.
+    List {
+        /// How many to show.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Show one commit with its diagnostics.
+    Show {
+        /// A commit hash or a prefix of one.
+        id: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
 }
 
 #[derive(Debug, Args)]

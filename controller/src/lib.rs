@@ -6,7 +6,12 @@
 
 pub mod cli;
 pub mod commands;
+pub mod compile;
+pub mod reconcile;
 pub mod repo;
+pub mod server;
+pub mod signing;
+pub mod source;
 pub mod store;
 
 use std::process::ExitCode;
@@ -25,13 +30,33 @@ pub enum Error {
     },
     /// The command was given something it cannot use.
     Usage(String),
+    /// The database failed.
+    Store(store::StoreError),
+    /// The fleet repo could not be reached or read.
+    Source(source::SourceError),
+    /// The signing key could not be loaded or created.
+    Signing(String),
+}
+
+impl From<store::StoreError> for Error {
+    fn from(err: store::StoreError) -> Self {
+        Error::Store(err)
+    }
+}
+
+impl From<source::SourceError> for Error {
+    fn from(err: source::SourceError) -> Self {
+        Error::Source(err)
+    }
 }
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::Io { what, source } => write!(f, "{what}: {source}"),
-            Error::Usage(message) => f.write_str(message),
+            Error::Usage(message) | Error::Signing(message) => f.write_str(message),
+            Error::Store(err) => write!(f, "{err}"),
+            Error::Source(err) => write!(f, "{err}"),
         }
     }
 }
@@ -40,7 +65,9 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
-            Error::Usage(_) => None,
+            Error::Store(err) => Some(err),
+            Error::Source(err) => Some(err),
+            Error::Usage(_) | Error::Signing(_) => None,
         }
     }
 }
@@ -74,5 +101,17 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         cli::Command::Validate(args) => commands::validate::run(&args),
         cli::Command::Schema(args) => commands::schema::run(&args),
+        cli::Command::Init(args) => runtime()?.block_on(commands::serve::init(&args.data)),
+        cli::Command::Serve(args) => runtime()?.block_on(commands::serve::run(*args)),
+        cli::Command::Token { command } => runtime()?.block_on(commands::admin::token(command)),
+        cli::Command::Hosts { command } => runtime()?.block_on(commands::admin::hosts(command)),
+        cli::Command::Commits { command } => runtime()?.block_on(commands::admin::commits(command)),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::io("cannot start the async runtime", err))
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::yaml::Location;
 
 /// How bad a problem is. Errors make a commit invalid; warnings do not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Error,
@@ -24,7 +24,7 @@ impl fmt::Display for Severity {
 }
 
 /// One problem found in a fleet repo.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Diagnostic {
     pub severity: Severity,
     /// Path of the file, relative to the fleet repo's root, with `/`.
@@ -37,7 +37,7 @@ pub struct Diagnostic {
     /// the document itself or the whole file.
     pub path: String,
     pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
 }
 

@@ -4,6 +4,7 @@
 //! files in the repo, and get back a validated [`model::FleetModel`] or
 //! every [`Diagnostic`] at once.
 
+pub mod bundle;
 pub mod cron;
 pub mod de;
 pub mod diagnostic;

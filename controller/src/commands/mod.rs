@@ -1,4 +1,6 @@
 //! One module per `muster` subcommand.
 
+pub mod admin;
 pub mod schema;
+pub mod serve;
 pub mod validate;

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use muster_controller::store::Store;
 use sqlx::Executor;
 
-pub const POSTGRES_ENV: &str = "MUSTER_TEST_POSTGRES_URL";
+pub(crate) const POSTGRES_ENV: &str = "MUSTER_TEST_POSTGRES_URL";
 
 /// A database that exists for one test and is dropped after it.
-pub struct TestDb {
-    pub url: String,
-    pub dir: PathBuf,
+pub(crate) struct TestDb {
+    pub(crate) url: String,
+    pub(crate) dir: PathBuf,
     postgres: Option<(String, String)>,
 }
 
@@ -30,13 +30,13 @@ fn unique(label: &str) -> String {
 }
 
 impl TestDb {
-    pub fn temp_dir(label: &str) -> PathBuf {
+    pub(crate) fn temp_dir(label: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(unique(label));
         std::fs::create_dir_all(&dir).expect("temp dir is creatable");
         dir
     }
 
-    pub async fn sqlite() -> TestDb {
+    pub(crate) async fn sqlite() -> TestDb {
         let dir = Self::temp_dir("sqlite");
         TestDb {
             url: muster_controller::store::sqlite_url(&dir),
@@ -46,7 +46,7 @@ impl TestDb {
     }
 
     /// `None` when no PostgreSQL server is configured for tests.
-    pub async fn postgres() -> Option<TestDb> {
+    pub(crate) async fn postgres() -> Option<TestDb> {
         let server = std::env::var(POSTGRES_ENV).ok()?;
         let name = unique("pg");
         sqlx::any::install_default_drivers();
@@ -67,7 +67,7 @@ impl TestDb {
         })
     }
 
-    pub async fn open(&self) -> Store {
+    pub(crate) async fn open(&self) -> Store {
         Store::open(&self.url)
             .await
             .expect("the test database opens")
@@ -104,7 +104,7 @@ impl Drop for TestDb {
 }
 
 /// Declares `$name::sqlite` and `$name::postgres`, each running `$body`
-/// (an async fn taking a `&TestDb`) on a fresh database.
+/// (a closure taking a `TestDb` and returning a future) on a fresh database.
 #[macro_export]
 macro_rules! backends {
     ($name:ident, $body:expr) => {
@@ -115,7 +115,7 @@ macro_rules! backends {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 let db = $crate::db::TestDb::sqlite().await;
-                ($body)(&db).await;
+                ($body)(db).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +127,7 @@ macro_rules! backends {
                     );
                     return;
                 };
-                ($body)(&db).await;
+                ($body)(db).await;
             }
         }
     };

@@ -1,7 +1,11 @@
 //! Integration tests of the `muster` command and the controller library.
 
 mod cli;
+mod controller;
 mod corpus;
 mod db;
+mod harness;
 mod robustness;
+mod source;
 mod store;
+mod support;

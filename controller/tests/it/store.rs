@@ -69,12 +69,9 @@ fn bundle(host_id: &str, generation: u64, commit_id: &str) -> BundleRecord {
     }
 }
 
-backends!(tokens_limit_and_expire, |db: &TestDb| {
-    let db_url = db.url.clone();
+backends!(tokens_limit_and_expire, |db: TestDb| {
     async move {
-        let store = muster_controller::store::Store::open(&db_url)
-            .await
-            .unwrap();
+        let store = db.open().await;
         store
             .create_token(&token("t1", 2, false), "hash1")
             .await
@@ -144,12 +141,9 @@ backends!(tokens_limit_and_expire, |db: &TestDb| {
 
 backends!(
     publication_is_atomic_and_generations_only_grow,
-    |db: &TestDb| {
-        let db_url = db.url.clone();
+    |db: TestDb| {
         async move {
-            let store = muster_controller::store::Store::open(&db_url)
-                .await
-                .unwrap();
+            let store = db.open().await;
             store
                 .create_token(&token("t", 10, true), "h")
                 .await
@@ -194,12 +188,9 @@ backends!(
     }
 );
 
-backends!(reports_update_the_host, |db: &TestDb| {
-    let db_url = db.url.clone();
+backends!(reports_update_the_host, |db: TestDb| {
     async move {
-        let store = muster_controller::store::Store::open(&db_url)
-            .await
-            .unwrap();
+        let store = db.open().await;
         store.create_token(&token("t", 1, true), "h").await.unwrap();
         store
             .enroll("h", &host("a", "host-a"), NOW)

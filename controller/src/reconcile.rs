@@ -1,0 +1,493 @@
+//! The reconciler: follows the tracked branch and keeps every approved
+//! host's bundle equal to what the deployed commit says.
+//!
+//! It is level-triggered: each run fetches (when due), tries the branch's
+//! tip if it has not been tried yet, and then makes sure every approved
+//! host holds a current, unexpired bundle. It never needs to know why it
+//! ran — an interval, a webhook, an enrollment or an approval by the CLI
+//! all lead to the same run. A commit is deployed all or nothing: if it
+//! does not load, validate, pass the signature policy or compile for every
+//! host, it is recorded as rejected with its diagnostics and the last good
+//! commit stays in force.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use muster_schemas::bundle::{Bundle, Desired};
+use muster_schemas::model::{FleetModel, Resource};
+use muster_schemas::protocol::HostState;
+use muster_schemas::{Diagnostic, Severity};
+use tokio::sync::Notify;
+
+use crate::compile::{self, HostInput, SourceFiles};
+use crate::server::hub::Hub;
+use crate::server::now;
+use crate::signing::SigningKey;
+use crate::source::{CommitInfo, GitSource, SignatureCheck, SourceError};
+use crate::store::{BundleRecord, CommitRecord, CommitState, HostRecord, Store, StoreError};
+
+/// Wakes the reconciler: a webhook, an enrollment, an approval.
+#[derive(Debug, Clone, Default)]
+pub struct Trigger(Arc<Notify>);
+
+impl Trigger {
+    pub fn fire(&self) {
+        self.0.notify_one();
+    }
+
+    async fn fired(&self) {
+        self.0.notified().await;
+    }
+}
+
+/// What a run asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Action {
+    pub requeue_after: Duration,
+}
+
+/// Errors of a reconciler run; the next run tries again.
+#[derive(Debug)]
+pub enum ReconcileError {
+    Source(SourceError),
+    Store(StoreError),
+    /// A blocking task panicked or was cancelled.
+    Task(String),
+    /// The deployed commit can no longer be loaded (the mirror lost it).
+    Deployed(String),
+}
+
+impl ReconcileError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReconcileError::Source(err) => err.metric_label(),
+            ReconcileError::Store(err) => err.metric_label(),
+            ReconcileError::Task(_) => "task",
+            ReconcileError::Deployed(_) => "deployed_commit",
+        }
+    }
+}
+
+impl fmt::Display for ReconcileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReconcileError::Source(err) => write!(f, "{err}"),
+            ReconcileError::Store(err) => write!(f, "{err}"),
+            ReconcileError::Task(message) | ReconcileError::Deployed(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for ReconcileError {}
+
+impl From<SourceError> for ReconcileError {
+    fn from(err: SourceError) -> Self {
+        ReconcileError::Source(err)
+    }
+}
+
+impl From<StoreError> for ReconcileError {
+    fn from(err: StoreError) -> Self {
+        ReconcileError::Store(err)
+    }
+}
+
+/// Repo files that bundles inline, read once per commit so that compiling
+/// (on several threads) does not touch Git.
+#[derive(Debug, Default)]
+pub struct SourceMap(HashMap<String, Vec<u8>>);
+
+impl SourceFiles for SourceMap {
+    fn read(&self, path: &str) -> Option<Vec<u8>> {
+        self.0.get(path).cloned()
+    }
+}
+
+/// The commit in force, with its model.
+#[derive(Debug, Clone)]
+struct Deployed {
+    commit: CommitRecord,
+    model: Arc<FleetModel>,
+    sources: Arc<SourceMap>,
+}
+
+/// How often hosts are checked for missing or expiring bundles, and for
+/// approvals made by the CLI in another process.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+pub struct Reconciler {
+    store: Store,
+    source: Arc<Mutex<GitSource>>,
+    key: Arc<SigningKey>,
+    hub: Arc<Hub>,
+    fetch_interval: Duration,
+    deployed: tokio::sync::Mutex<Option<Deployed>>,
+    last_fetch: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reconciler").field("fetch_interval", &self.fetch_interval).finish_non_exhaustive()
+    }
+}
+
+impl Reconciler {
+    pub fn new(store: Store, source: GitSource, key: Arc<SigningKey>, hub: Arc<Hub>, fetch_interval: Duration) -> Self {
+        Reconciler {
+            store,
+            source: Arc::new(Mutex::new(source)),
+            key,
+            hub,
+            fetch_interval,
+            deployed: tokio::sync::Mutex::new(None),
+            last_fetch: Mutex::new(None),
+        }
+    }
+
+    /// Runs until `shutdown` resolves: a run, then a wait for the trigger or
+    /// the requeue time.
+    pub async fn run(self: Arc<Self>, trigger: Trigger, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut force_fetch = true;
+        loop {
+            let action = match self.reconcile(force_fetch).await {
+                Ok(action) => action,
+                Err(err) => self.error_policy(&err),
+            };
+            force_fetch = tokio::select! {
+                () = tokio::time::sleep(action.requeue_after) => false,
+                () = trigger.fired() => true,
+                () = &mut shutdown => return,
+            };
+        }
+    }
+
+    fn error_policy(&self, err: &ReconcileError) -> Action {
+        tracing::warn!(error = %err, kind = err.metric_label(), "reconcile failed; retrying");
+        Action {
+            requeue_after: Duration::from_secs(5),
+        }
+    }
+
+    /// One run. `force_fetch` fetches even if the interval has not passed.
+    pub async fn reconcile(&self, force_fetch: bool) -> Result<Action, ReconcileError> {
+        let due = {
+            let last = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
+            force_fetch || last.is_none_or(|at| at.elapsed() >= self.fetch_interval)
+        };
+        if due {
+            let head = self.blocking(|source| source.fetch()).await??;
+            *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+            if let Some(head) = head
+                && self.store.commit(&head.id).await?.is_none()
+            {
+                self.try_commit(head).await?;
+            }
+        }
+        self.converge_hosts().await?;
+        Ok(Action {
+            requeue_after: SWEEP_INTERVAL,
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&GitSource) -> T + Send + 'static,
+    ) -> Result<T, ReconcileError> {
+        let source = Arc::clone(&self.source);
+        tokio::task::spawn_blocking(move || {
+            let source = source.lock().unwrap_or_else(|p| p.into_inner());
+            work(&source)
+        })
+        .await
+        .map_err(|err| ReconcileError::Task(err.to_string()))
+    }
+
+    /// Loads a commit's model and the files its bundles inline.
+    async fn load(&self, commit: &str) -> Result<(Option<(FleetModel, SourceMap)>, Vec<Diagnostic>), ReconcileError> {
+        let commit = commit.to_string();
+        self.blocking(move |source| -> Result<_, SourceError> {
+            let validation = source.snapshot(&commit)?.validate();
+            let Some(model) = validation.model else {
+                return Ok((None, validation.diagnostics));
+            };
+            let mut sources = SourceMap::default();
+            for path in referenced_files(&model) {
+                if let Some(bytes) = source.read_file(&commit, &path)? {
+                    sources.0.insert(path, bytes);
+                }
+            }
+            Ok((Some((model, sources)), validation.diagnostics))
+        })
+        .await?
+        .map_err(ReconcileError::from)
+    }
+
+    async fn try_commit(&self, head: CommitInfo) -> Result<(), ReconcileError> {
+        tracing::info!(commit = %head.id, summary = %head.summary, "trying commit");
+        let (loaded, diagnostics) = self.load(&head.id).await?;
+        let Some((model, sources)) = loaded else {
+            return self.reject(&head, diagnostics).await;
+        };
+        // The signers allowed by the commit in force decide, so that a
+        // commit cannot make itself trusted; the very first deploy has no
+        // predecessor and is judged by its own settings.
+        let previous = self.deployed_state().await?;
+        let policy = previous
+            .as_ref()
+            .map_or(&model.fleet.commit_signatures, |d| &d.model.fleet.commit_signatures)
+            .clone();
+        if policy.required {
+            let id = head.id.clone();
+            let allowed = policy.allowed_signers.clone();
+            let check = self.blocking(move |source| source.verify_signature(&id, &allowed)).await??;
+            let problem = match check {
+                SignatureCheck::Verified { signer } => {
+                    tracing::info!(commit = %head.id, signer = %signer, "commit signature verified");
+                    None
+                }
+                SignatureCheck::Unsigned => Some("commit is not signed, and the fleet requires signed commits".to_string()),
+                SignatureCheck::UnknownKey => {
+                    Some("commit is signed by a key that is not in `commit_signatures.allowed_signers`".to_string())
+                }
+                SignatureCheck::Invalid(why) => Some(format!("commit signature does not verify: {why}")),
+            };
+            if let Some(message) = problem {
+                let origin = model.origins.iter().find(|((kind, _), _)| *kind == muster_schemas::Kind::Fleet);
+                let (file, line, column) = origin.map_or((String::new(), 1, 1), |(_, o)| {
+                    (o.file.clone(), o.location.line, o.location.column)
+                });
+                let diagnostic = Diagnostic {
+                    severity: Severity::Error,
+                    file,
+                    line,
+                    column,
+                    path: "commit_signatures".into(),
+                    message,
+                    hint: Some("sign the commit with an allowed SSH key (git config gpg.format ssh)".into()),
+                };
+                return self.reject(&head, vec![diagnostic]).await;
+            }
+        }
+        let hosts = self.approved_hosts().await?;
+        let model = Arc::new(model);
+        let sources = Arc::new(sources);
+        let compiled = self.compile(&model, &sources, hosts.clone()).await?;
+        let desired = match compiled {
+            Ok(desired) => desired,
+            Err(diagnostics) => return self.reject(&head, diagnostics).await,
+        };
+        let now = now();
+        let mut commit = CommitRecord {
+            id: head.id.clone(),
+            author: head.author.clone(),
+            summary: head.summary.clone(),
+            committed_at: head.time,
+            state: CommitState::Deployed,
+            diagnostics: serde_json::to_value(&diagnostics).unwrap_or_default(),
+            n_changed: 0,
+            recorded_at: now,
+            deployed_at: Some(now),
+        };
+        let changed = self.publish(&mut commit, &model, &hosts, desired, true).await?;
+        tracing::info!(commit = %head.id, hosts_changed = changed, "commit deployed");
+        *self.deployed.lock().await = Some(Deployed { commit, model, sources });
+        Ok(())
+    }
+
+    async fn reject(&self, head: &CommitInfo, diagnostics: Vec<Diagnostic>) -> Result<(), ReconcileError> {
+        tracing::warn!(commit = %head.id, problems = diagnostics.len(), "commit rejected; the last good commit stays in force");
+        let now = now();
+        let record = CommitRecord {
+            id: head.id.clone(),
+            author: head.author.clone(),
+            summary: head.summary.clone(),
+            committed_at: head.time,
+            state: CommitState::Rejected,
+            diagnostics: serde_json::to_value(&diagnostics).unwrap_or_default(),
+            n_changed: 0,
+            recorded_at: now,
+            deployed_at: None,
+        };
+        self.store.record_rejected(&record).await?;
+        Ok(())
+    }
+
+    async fn approved_hosts(&self) -> Result<Vec<HostRecord>, ReconcileError> {
+        Ok(self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .filter(|host| host.state == HostState::Approved)
+            .collect())
+    }
+
+    async fn compile(
+        &self,
+        model: &Arc<FleetModel>,
+        sources: &Arc<SourceMap>,
+        hosts: Vec<HostRecord>,
+    ) -> Result<Result<BTreeMap<String, Desired>, Vec<Diagnostic>>, ReconcileError> {
+        let (model, sources) = (Arc::clone(model), Arc::clone(sources));
+        tokio::task::spawn_blocking(move || {
+            let inputs: Vec<HostInput> = hosts.iter().map(host_input).collect();
+            compile::compile_all(&model, sources.as_ref(), &inputs)
+        })
+        .await
+        .map_err(|err| ReconcileError::Task(err.to_string()))
+    }
+
+    /// Signs and stores the bundles whose content changed (or that are
+    /// missing or near expiry). Returns how many hosts got a new bundle.
+    async fn publish(
+        &self,
+        commit: &mut CommitRecord,
+        model: &FleetModel,
+        hosts: &[HostRecord],
+        desired: BTreeMap<String, Desired>,
+        record_commit: bool,
+    ) -> Result<usize, ReconcileError> {
+        let heads = self.store.bundle_heads().await?;
+        let now = now();
+        let expiry = i64::try_from(model.fleet.bundles.expiry.as_secs()).unwrap_or(i64::MAX);
+        let names: HashMap<&str, &str> = hosts.iter().map(|h| (h.id.as_str(), h.name.as_str())).collect();
+        let mut bundles = Vec::new();
+        for (host_id, desired) in desired {
+            let content_hash = desired.content_hash();
+            let head = heads.get(&host_id);
+            // Unchanged and far from expiry: the host keeps its bundle.
+            if head.is_some_and(|h| h.content_hash == content_hash && h.expires_at - now > expiry / 2) {
+                continue;
+            }
+            bundles.push(Bundle {
+                host_id: host_id.clone(),
+                host_name: names.get(host_id.as_str()).copied().unwrap_or_default().to_string(),
+                generation: head.map_or(1, |h| h.generation + 1),
+                commit: commit.id.clone(),
+                issued_at: now,
+                expires_at: now.saturating_add(expiry),
+                content_hash,
+                desired,
+            });
+        }
+        let key = Arc::clone(&self.key);
+        let records = tokio::task::spawn_blocking(move || {
+            bundles
+                .iter()
+                .map(|bundle| {
+                    let signed = key.sign(bundle);
+                    BundleRecord {
+                        host_id: bundle.host_id.clone(),
+                        generation: bundle.generation,
+                        commit_id: bundle.commit.clone(),
+                        content_hash: bundle.content_hash.clone(),
+                        bundle: signed.bundle,
+                        signature: signed.signature,
+                        issued_at: bundle.issued_at,
+                        expires_at: bundle.expires_at,
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|err| ReconcileError::Task(err.to_string()))?;
+        if record_commit {
+            commit.n_changed = i64::try_from(records.len()).unwrap_or(i64::MAX);
+        }
+        if records.is_empty() && !record_commit {
+            return Ok(0);
+        }
+        self.store.publish(commit, &records).await?;
+        self.hub
+            .publish(records.iter().map(|r| (r.host_id.as_str(), r.generation)));
+        Ok(records.len())
+    }
+
+    /// The commit in force and its model, rebuilt from Git after a restart.
+    async fn deployed_state(&self) -> Result<Option<Deployed>, ReconcileError> {
+        let Some(commit) = self.store.deployed_commit().await? else {
+            return Ok(None);
+        };
+        let mut cached = self.deployed.lock().await;
+        if let Some(deployed) = cached.as_ref()
+            && deployed.commit.id == commit.id
+        {
+            return Ok(Some(deployed.clone()));
+        }
+        let (loaded, _) = self.load(&commit.id).await?;
+        let (model, sources) = loaded.ok_or_else(|| {
+            ReconcileError::Deployed(format!("deployed commit {} no longer validates", commit.id))
+        })?;
+        let deployed = Deployed {
+            commit,
+            model: Arc::new(model),
+            sources: Arc::new(sources),
+        };
+        *cached = Some(deployed.clone());
+        Ok(Some(deployed))
+    }
+
+    /// Gives approved hosts without a bundle (just approved, or enrolled
+    /// after the deploy) and hosts whose bundle nears expiry a fresh one
+    /// from the commit in force.
+    async fn converge_hosts(&self) -> Result<(), ReconcileError> {
+        let Some(deployed) = self.deployed_state().await? else {
+            return Ok(());
+        };
+        let heads = self.store.bundle_heads().await?;
+        let now = now();
+        let expiry = i64::try_from(deployed.model.fleet.bundles.expiry.as_secs()).unwrap_or(i64::MAX);
+        let due: Vec<HostRecord> = self
+            .approved_hosts()
+            .await?
+            .into_iter()
+            .filter(|host| heads.get(&host.id).is_none_or(|h| h.expires_at - now <= expiry / 2))
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let desired = match self.compile(&deployed.model, &deployed.sources, due.clone()).await? {
+            Ok(desired) => desired,
+            Err(diagnostics) => {
+                for diagnostic in &diagnostics {
+                    tracing::warn!(problem = %diagnostic, "cannot compile the deployed commit for a new host");
+                }
+                return Ok(());
+            }
+        };
+        let mut commit = deployed.commit.clone();
+        let n = self.publish(&mut commit, &deployed.model, &due, desired, false).await?;
+        if n > 0 {
+            tracing::info!(hosts = n, commit = %commit.id, "bundles issued to new or expiring hosts");
+        }
+        Ok(())
+    }
+}
+
+/// The compiler's view of a host.
+pub fn host_input(host: &HostRecord) -> HostInput {
+    HostInput {
+        id: host.id.clone(),
+        name: host.name.clone(),
+        labels: host.labels.clone(),
+        facts: host.facts.clone(),
+    }
+}
+
+/// Repo files that a model inlines: file sources.
+fn referenced_files(model: &FleetModel) -> BTreeSet<String> {
+    let mut files = BTreeSet::new();
+    for policy in model.policies.values() {
+        for resource in &policy.resources {
+            if let Resource::File(file) = resource
+                && let Some(source) = &file.source
+            {
+                files.insert(source.clone());
+            }
+        }
+    }
+    files
+}

@@ -1,0 +1,271 @@
+//! A real controller for tests: a Git repo made from `examples/fleet-repo`,
+//! a controller on `127.0.0.1:0` with its own data dir and database, and
+//! test agents that sign their requests like the real agent.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use muster_controller::cli::DataArgs;
+use muster_controller::commands::serve::{self, Config, Running};
+use muster_controller::server::agent_api::token_hash;
+use muster_controller::store::{Store, TokenRecord};
+use muster_schemas::bundle::SignedBundle;
+use muster_schemas::protocol::{EnrollResponse, auth};
+use serde_json::{Value, json};
+
+use crate::db::TestDb;
+
+pub(crate) const WEBHOOK_SECRET: &str = "test-webhook-secret";
+
+/// Waits until `check` returns `Some`, polling; panics after a generous
+/// deadline so that a broken test fails instead of hanging. The deadline
+/// is not a performance assertion.
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fleet repo on disk with a `main` branch.
+pub(crate) struct FleetRepo {
+    pub(crate) path: PathBuf,
+    repo: git2::Repository,
+}
+
+impl FleetRepo {
+    /// A new repo holding a copy of `examples/fleet-repo` at its root.
+    pub(crate) fn from_example(dir: &Path) -> FleetRepo {
+        let path = dir.join("fleet");
+        std::fs::create_dir_all(&path).unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet-repo");
+        copy_tree(&example, &path);
+        let mut options = git2::RepositoryInitOptions::new();
+        options.initial_head("main");
+        let repo = git2::Repository::init_opts(&path, &options).unwrap();
+        let fleet = FleetRepo { path, repo };
+        fleet.commit_all("Initial fleet");
+        fleet
+    }
+
+    pub(crate) fn edit(&self, relative: &str, from: &str, to: &str) {
+        let path = self.path.join(relative);
+        let content = std::fs::read_to_string(&path).unwrap();
+        assert!(content.contains(from), "`{from}` is not in {relative}");
+        std::fs::write(path, content.replacen(from, to, 1)).unwrap();
+    }
+
+    /// Commits every change in the work tree; returns the commit id.
+    pub(crate) fn commit_all(&self, message: &str) -> String {
+        let mut index = self.repo.index().unwrap();
+        index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+        index.update_all(["*"], None).unwrap();
+        index.write().unwrap();
+        let tree = self.repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let signature = git2::Signature::now("Alice Admin", "alice@example.com").unwrap();
+        let parent = self.repo.head().ok().and_then(|head| head.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        let id = self
+            .repo
+            .commit(Some("HEAD"), &signature, &signature, message, &tree, &parents)
+            .unwrap();
+        id.to_string()
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A controller running in this process.
+pub(crate) struct Harness {
+    /// Kept for its `Drop`, which removes the data dir and database.
+    _db: TestDb,
+    pub(crate) repo: FleetRepo,
+    pub(crate) url: String,
+    pub(crate) public_key: String,
+    pub(crate) store: Store,
+    pub(crate) http: reqwest::Client,
+    running: Option<Running>,
+}
+
+impl Harness {
+    pub(crate) async fn start(db: TestDb) -> Harness {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let repo = FleetRepo::from_example(&db.dir);
+        let config = Config {
+            data: DataArgs {
+                data_dir: db.dir.join("data"),
+                database_url: Some(db.url.clone()),
+            },
+            repo: repo.path.display().to_string(),
+            branch: "main".into(),
+            path: None,
+            listen: "127.0.0.1:0".into(),
+            public_url: "http://127.0.0.1".into(),
+            fetch_interval: Duration::from_millis(200),
+            long_poll: Duration::from_secs(30),
+            webhook_secret: Some(WEBHOOK_SECRET.into()),
+        };
+        let running = serve::start(config).await.expect("the controller starts");
+        let store = Store::open(&db.url).await.unwrap();
+        Harness {
+            url: format!("http://{}", running.address),
+            public_key: running.public_key.clone(),
+            _db: db,
+            repo,
+            store,
+            http: reqwest::Client::new(),
+            running: Some(running),
+        }
+    }
+
+    pub(crate) async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("the controller stops cleanly");
+        }
+        self.store.close().await;
+    }
+
+    /// Creates an enrollment token directly in the store.
+    pub(crate) async fn token(&self, max_uses: i64, auto_approve: bool, labels: &[(&str, &str)], ttl: i64) -> String {
+        let token = format!("mt_test_{}", rand_hex());
+        let now = muster_controller::server::now();
+        let record = TokenRecord {
+            id: rand_hex()[..8].to_string(),
+            max_uses,
+            uses: 0,
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            auto_approve,
+            created_at: now,
+            expires_at: now + ttl,
+            revoked_at: None,
+        };
+        self.store.create_token(&record, &token_hash(&token)).await.unwrap();
+        token
+    }
+
+    /// Enrolls a test agent; panics unless the controller accepts.
+    pub(crate) async fn enroll(&self, token: &str, name: &str) -> Agent {
+        let response = self.enroll_raw(token, name).await;
+        assert_eq!(response.status(), 201, "enrollment of {name} refused");
+        let enrolled: EnrollResponse = response.json().await.unwrap();
+        Agent {
+            url: self.url.clone(),
+            http: self.http.clone(),
+            host_id: enrolled.host_id,
+            key: auth::derive_key(&enrolled.secret).to_vec(),
+            name: name.to_string(),
+        }
+    }
+
+    pub(crate) async fn enroll_raw(&self, token: &str, name: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/enroll", self.url))
+            .json(&json!({"token": token, "name": name, "facts": {"os": "debian", "arch": "x86_64"}}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the commit has been tried; returns its state.
+    pub(crate) async fn commit_state(&self, commit: &str) -> muster_controller::store::CommitRecord {
+        eventually(&format!("commit {commit} to be tried"), || async {
+            self.store.commit(commit).await.unwrap()
+        })
+        .await
+    }
+}
+
+fn rand_hex() -> String {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).unwrap();
+    hex::encode(bytes)
+}
+
+/// A test agent: signs requests as the real agent does.
+pub(crate) struct Agent {
+    pub(crate) url: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) host_id: String,
+    pub(crate) key: Vec<u8>,
+    pub(crate) name: String,
+}
+
+/// How a request is signed; tests change one field to attack.
+pub(crate) struct Signing {
+    pub(crate) host_id: String,
+    pub(crate) key: Vec<u8>,
+    pub(crate) timestamp: i64,
+    pub(crate) nonce: String,
+}
+
+impl Agent {
+    pub(crate) fn signing(&self) -> Signing {
+        Signing {
+            host_id: self.host_id.clone(),
+            key: self.key.clone(),
+            timestamp: muster_controller::server::now(),
+            nonce: format!("nonce-{}", rand_hex()),
+        }
+    }
+
+    pub(crate) async fn send(&self, method: &str, path_and_query: &str, body: Vec<u8>, signing: &Signing) -> reqwest::Response {
+        let signature = auth::sign(&signing.key, method, path_and_query, signing.timestamp, &signing.nonce, &body);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        self.http
+            .request(method, format!("{}{path_and_query}", self.url))
+            .header(auth::HEADER_HOST, &signing.host_id)
+            .header(auth::HEADER_TIMESTAMP, signing.timestamp.to_string())
+            .header(auth::HEADER_NONCE, &signing.nonce)
+            .header(auth::HEADER_SIGNATURE, signature)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET` this host's bundle newer than `generation`, waiting up to `wait` s.
+    pub(crate) async fn bundle_request(&self, generation: u64, wait: u64) -> reqwest::Response {
+        let path = format!("/v1/hosts/{}/bundle?generation={generation}&wait={wait}", self.host_id);
+        self.send("GET", &path, Vec::new(), &self.signing()).await
+    }
+
+    /// The bundle newer than `generation`, waiting for it if needed.
+    pub(crate) async fn bundle_after(&self, generation: u64) -> SignedBundle {
+        eventually(&format!("a bundle for {} newer than {generation}", self.name), || async {
+            let response = self.bundle_request(generation, 5).await;
+            match response.status().as_u16() {
+                200 => Some(response.json::<SignedBundle>().await.unwrap()),
+                304 => None,
+                other => panic!("bundle request answered {other}: {}", response.text().await.unwrap()),
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn report(&self, body: &Value) -> reqwest::Response {
+        let path = format!("/v1/hosts/{}/reports", self.host_id);
+        self.send("POST", &path, serde_json::to_vec(body).unwrap(), &self.signing()).await
+    }
+}
