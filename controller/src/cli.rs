@@ -89,6 +89,12 @@ pub struct ServeArgs {
     /// Longest time a bundle request is held open [default: 55s].
     #[arg(long, env = "MUSTER_LONG_POLL")]
     pub long_poll: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "MUSTER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "MUSTER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -75,7 +75,9 @@ impl fmt::Display for ReconcileError {
         match self {
             ReconcileError::Source(err) => write!(f, "{err}"),
             ReconcileError::Store(err) => write!(f, "{err}"),
-            ReconcileError::Task(message) | ReconcileError::Deployed(message) => f.write_str(message),
+            ReconcileError::Task(message) | ReconcileError::Deployed(message) => {
+                f.write_str(message)
+            }
         }
     }
 }
@@ -129,12 +131,20 @@ pub struct Reconciler {
 
 impl fmt::Debug for Reconciler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reconciler").field("fetch_interval", &self.fetch_interval).finish_non_exhaustive()
+        f.debug_struct("Reconciler")
+            .field("fetch_interval", &self.fetch_interval)
+            .finish_non_exhaustive()
     }
 }
 
 impl Reconciler {
-    pub fn new(store: Store, source: GitSource, key: Arc<SigningKey>, hub: Arc<Hub>, fetch_interval: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        source: GitSource,
+        key: Arc<SigningKey>,
+        hub: Arc<Hub>,
+        fetch_interval: Duration,
+    ) -> Self {
         Reconciler {
             store,
             source: Arc::new(Mutex::new(source)),
@@ -148,7 +158,11 @@ impl Reconciler {
 
     /// Runs until `shutdown` resolves: a run, then a wait for the trigger or
     /// the requeue time.
-    pub async fn run(self: Arc<Self>, trigger: Trigger, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(
+        self: Arc<Self>,
+        trigger: Trigger,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let mut force_fetch = true;
         loop {
@@ -179,7 +193,8 @@ impl Reconciler {
         };
         if due {
             let head = self.blocking(|source| source.fetch()).await??;
-            *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+            *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(tokio::time::Instant::now());
             if let Some(head) = head
                 && self.store.commit(&head.id).await?.is_none()
             {
@@ -206,7 +221,10 @@ impl Reconciler {
     }
 
     /// Loads a commit's model and the files its bundles inline.
-    async fn load(&self, commit: &str) -> Result<(Option<(FleetModel, SourceMap)>, Vec<Diagnostic>), ReconcileError> {
+    async fn load(
+        &self,
+        commit: &str,
+    ) -> Result<(Option<(FleetModel, SourceMap)>, Vec<Diagnostic>), ReconcileError> {
         let commit = commit.to_string();
         self.blocking(move |source| -> Result<_, SourceError> {
             let validation = source.snapshot(&commit)?.validate();
@@ -237,25 +255,37 @@ impl Reconciler {
         let previous = self.deployed_state().await?;
         let policy = previous
             .as_ref()
-            .map_or(&model.fleet.commit_signatures, |d| &d.model.fleet.commit_signatures)
+            .map_or(&model.fleet.commit_signatures, |d| {
+                &d.model.fleet.commit_signatures
+            })
             .clone();
         if policy.required {
             let id = head.id.clone();
             let allowed = policy.allowed_signers.clone();
-            let check = self.blocking(move |source| source.verify_signature(&id, &allowed)).await??;
+            let check = self
+                .blocking(move |source| source.verify_signature(&id, &allowed))
+                .await??;
             let problem = match check {
                 SignatureCheck::Verified { signer } => {
                     tracing::info!(commit = %head.id, signer = %signer, "commit signature verified");
                     None
                 }
-                SignatureCheck::Unsigned => Some("commit is not signed, and the fleet requires signed commits".to_string()),
-                SignatureCheck::UnknownKey => {
-                    Some("commit is signed by a key that is not in `commit_signatures.allowed_signers`".to_string())
+                SignatureCheck::Unsigned => {
+                    Some("commit is not signed, and the fleet requires signed commits".to_string())
                 }
-                SignatureCheck::Invalid(why) => Some(format!("commit signature does not verify: {why}")),
+                SignatureCheck::UnknownKey => Some(
+                    "commit is signed by a key that is not in `commit_signatures.allowed_signers`"
+                        .to_string(),
+                ),
+                SignatureCheck::Invalid(why) => {
+                    Some(format!("commit signature does not verify: {why}"))
+                }
             };
             if let Some(message) = problem {
-                let origin = model.origins.iter().find(|((kind, _), _)| *kind == muster_schemas::Kind::Fleet);
+                let origin = model
+                    .origins
+                    .iter()
+                    .find(|((kind, _), _)| *kind == muster_schemas::Kind::Fleet);
                 let (file, line, column) = origin.map_or((String::new(), 1, 1), |(_, o)| {
                     (o.file.clone(), o.location.line, o.location.column)
                 });
@@ -266,7 +296,10 @@ impl Reconciler {
                     column,
                     path: "commit_signatures".into(),
                     message,
-                    hint: Some("sign the commit with an allowed SSH key (git config gpg.format ssh)".into()),
+                    hint: Some(
+                        "sign the commit with an allowed SSH key (git config gpg.format ssh)"
+                            .into(),
+                    ),
                 };
                 return self.reject(&head, vec![diagnostic]).await;
             }
@@ -291,13 +324,23 @@ impl Reconciler {
             recorded_at: now,
             deployed_at: Some(now),
         };
-        let changed = self.publish(&mut commit, &model, &hosts, desired, true).await?;
+        let changed = self
+            .publish(&mut commit, &model, &hosts, desired, true)
+            .await?;
         tracing::info!(commit = %head.id, hosts_changed = changed, "commit deployed");
-        *self.deployed.lock().await = Some(Deployed { commit, model, sources });
+        *self.deployed.lock().await = Some(Deployed {
+            commit,
+            model,
+            sources,
+        });
         Ok(())
     }
 
-    async fn reject(&self, head: &CommitInfo, diagnostics: Vec<Diagnostic>) -> Result<(), ReconcileError> {
+    async fn reject(
+        &self,
+        head: &CommitInfo,
+        diagnostics: Vec<Diagnostic>,
+    ) -> Result<(), ReconcileError> {
         tracing::warn!(commit = %head.id, problems = diagnostics.len(), "commit rejected; the last good commit stays in force");
         let now = now();
         let record = CommitRecord {
@@ -353,18 +396,27 @@ impl Reconciler {
         let heads = self.store.bundle_heads().await?;
         let now = now();
         let expiry = i64::try_from(model.fleet.bundles.expiry.as_secs()).unwrap_or(i64::MAX);
-        let names: HashMap<&str, &str> = hosts.iter().map(|h| (h.id.as_str(), h.name.as_str())).collect();
+        let names: HashMap<&str, &str> = hosts
+            .iter()
+            .map(|h| (h.id.as_str(), h.name.as_str()))
+            .collect();
         let mut bundles = Vec::new();
         for (host_id, desired) in desired {
             let content_hash = desired.content_hash();
             let head = heads.get(&host_id);
             // Unchanged and far from expiry: the host keeps its bundle.
-            if head.is_some_and(|h| h.content_hash == content_hash && h.expires_at - now > expiry / 2) {
+            if head
+                .is_some_and(|h| h.content_hash == content_hash && h.expires_at - now > expiry / 2)
+            {
                 continue;
             }
             bundles.push(Bundle {
                 host_id: host_id.clone(),
-                host_name: names.get(host_id.as_str()).copied().unwrap_or_default().to_string(),
+                host_name: names
+                    .get(host_id.as_str())
+                    .copied()
+                    .unwrap_or_default()
+                    .to_string(),
                 generation: head.map_or(1, |h| h.generation + 1),
                 commit: commit.id.clone(),
                 issued_at: now,
@@ -439,17 +491,25 @@ impl Reconciler {
         };
         let heads = self.store.bundle_heads().await?;
         let now = now();
-        let expiry = i64::try_from(deployed.model.fleet.bundles.expiry.as_secs()).unwrap_or(i64::MAX);
+        let expiry =
+            i64::try_from(deployed.model.fleet.bundles.expiry.as_secs()).unwrap_or(i64::MAX);
         let due: Vec<HostRecord> = self
             .approved_hosts()
             .await?
             .into_iter()
-            .filter(|host| heads.get(&host.id).is_none_or(|h| h.expires_at - now <= expiry / 2))
+            .filter(|host| {
+                heads
+                    .get(&host.id)
+                    .is_none_or(|h| h.expires_at - now <= expiry / 2)
+            })
             .collect();
         if due.is_empty() {
             return Ok(());
         }
-        let desired = match self.compile(&deployed.model, &deployed.sources, due.clone()).await? {
+        let desired = match self
+            .compile(&deployed.model, &deployed.sources, due.clone())
+            .await?
+        {
             Ok(desired) => desired,
             Err(diagnostics) => {
                 for diagnostic in &diagnostics {
@@ -459,7 +519,9 @@ impl Reconciler {
             }
         };
         let mut commit = deployed.commit.clone();
-        let n = self.publish(&mut commit, &deployed.model, &due, desired, false).await?;
+        let n = self
+            .publish(&mut commit, &deployed.model, &due, desired, false)
+            .await?;
         if n > 0 {
             tracing::info!(hosts = n, commit = %commit.id, "bundles issued to new or expiring hosts");
         }

@@ -61,8 +61,12 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 
 fn random_token() -> Result<(String, String), Error> {
     let mut bytes = [0u8; 30];
-    getrandom::fill(&mut bytes).map_err(|err| Error::Usage(format!("no randomness available: {err}")))?;
-    let token = format!("mt_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..24]));
+    getrandom::fill(&mut bytes)
+        .map_err(|err| Error::Usage(format!("no randomness available: {err}")))?;
+    let token = format!(
+        "mt_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..24])
+    );
     let id = hex::encode(&bytes[24..]);
     Ok((token, id))
 }
@@ -75,7 +79,9 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, Error> {
                 .split_once('=')
                 .ok_or_else(|| Error::Usage(format!("invalid label `{label}`: write key=value")))?;
             let valid_key = !key.is_empty()
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
             if !valid_key {
                 return Err(Error::Usage(format!("invalid label key `{key}`")));
             }
@@ -110,14 +116,22 @@ pub async fn token(command: TokenCommand) -> Result<ExitCode, Error> {
                         format!("{}/{}", token.uses, token.max_uses),
                         format_time(token.expires_at),
                         if token.auto_approve { "yes" } else { "no" }.into(),
-                        token.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                        token
+                            .labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
                     ]
                 })
                 .collect();
             if rows.is_empty() {
                 println!("no tokens yet: create one with `muster token create`");
             } else {
-                table(&["ID", "STATE", "USES", "EXPIRES", "AUTO-APPROVE", "LABELS"], &rows);
+                table(
+                    &["ID", "STATE", "USES", "EXPIRES", "AUTO-APPROVE", "LABELS"],
+                    &rows,
+                );
             }
             store.close().await;
             Ok(ExitCode::SUCCESS)
@@ -130,7 +144,9 @@ pub async fn token(command: TokenCommand) -> Result<ExitCode, Error> {
                 println!("revoked token {id}");
                 Ok(ExitCode::SUCCESS)
             } else {
-                Err(Error::Usage(format!("no valid token with id `{id}` (see `muster token list`)")))
+                Err(Error::Usage(format!(
+                    "no valid token with id `{id}` (see `muster token list`)"
+                )))
             }
         }
     }
@@ -150,7 +166,10 @@ async fn create_token(args: TokenCreateArgs) -> Result<ExitCode, Error> {
     let server = match args.server {
         Some(server) => server,
         None => store.setting("public_url").await?.ok_or_else(|| {
-            Error::Usage("no controller URL known yet: start `muster serve` once, or pass --server URL".into())
+            Error::Usage(
+                "no controller URL known yet: start `muster serve` once, or pass --server URL"
+                    .into(),
+            )
         })?,
     };
     let (token, id) = random_token()?;
@@ -172,13 +191,22 @@ async fn create_token(args: TokenCreateArgs) -> Result<ExitCode, Error> {
         args.uses,
         if args.uses == 1 { "use" } else { "uses" },
         format_time(record.expires_at),
-        if args.auto_approve { ", hosts approved at once" } else { ", hosts wait for approval" },
+        if args.auto_approve {
+            ", hosts approved at once"
+        } else {
+            ", hosts wait for approval"
+        },
         if record.labels.is_empty() {
             String::new()
         } else {
             format!(
                 ", labels {}",
-                record.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+                record
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
             )
         }
     );
@@ -202,7 +230,9 @@ pub async fn hosts(command: HostsCommand) -> Result<ExitCode, Error> {
     match command {
         HostsCommand::List(args) => list_hosts(&args.data).await,
         HostsCommand::Show { name, data } => show_host(&name, &data).await,
-        HostsCommand::Approve { names, data } => set_state(&names, &data, HostState::Approved).await,
+        HostsCommand::Approve { names, data } => {
+            set_state(&names, &data, HostState::Approved).await
+        }
         HostsCommand::Reject { names, data } => set_state(&names, &data, HostState::Rejected).await,
         HostsCommand::Remove { names, data } => {
             let store = open_store(&data).await?;
@@ -242,17 +272,32 @@ async fn list_hosts(data: &DataArgs) -> Result<ExitCode, Error> {
                 host.name,
                 host.state.as_str().into(),
                 host.run_status.unwrap_or_else(|| "-".into()),
-                head.map_or("-".into(), |h| format!("{} ({})", h.generation, short(&h.commit_id))),
-                if host.applied_generation == 0 { "-".into() } else { host.applied_generation.to_string() },
+                head.map_or("-".into(), |h| {
+                    format!("{} ({})", h.generation, short(&h.commit_id))
+                }),
+                if host.applied_generation == 0 {
+                    "-".into()
+                } else {
+                    host.applied_generation.to_string()
+                },
                 host.last_seen_at.map_or("never".into(), |t| ago(t, now)),
-                host.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                host.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
             ]
         })
         .collect();
     if rows.is_empty() {
         println!("no hosts yet: create a token with `muster token create` and enroll a host");
     } else {
-        table(&["NAME", "STATE", "STATUS", "BUNDLE", "APPLIED", "SEEN", "LABELS"], &rows);
+        table(
+            &[
+                "NAME", "STATE", "STATUS", "BUNDLE", "APPLIED", "SEEN", "LABELS",
+            ],
+            &rows,
+        );
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
@@ -265,11 +310,27 @@ async fn show_host(name: &str, data: &DataArgs) -> Result<ExitCode, Error> {
     println!("name:        {}", host.name);
     println!("id:          {}", host.id);
     println!("state:       {}", host.state.as_str());
-    println!("status:      {}", host.run_status.as_deref().unwrap_or("no report yet"));
+    println!(
+        "status:      {}",
+        host.run_status.as_deref().unwrap_or("no report yet")
+    );
     println!("enrolled:    {}", format_time(host.enrolled_at));
-    println!("last seen:   {}", host.last_seen_at.map_or("never".into(), |t| format!("{} ({})", format_time(t), ago(t, now))));
-    println!("labels:      {}", serde_json::to_string(&host.labels).unwrap_or_default());
-    println!("facts:       {}", serde_json::Value::Object(host.facts.clone()));
+    println!(
+        "last seen:   {}",
+        host.last_seen_at.map_or("never".into(), |t| format!(
+            "{} ({})",
+            format_time(t),
+            ago(t, now)
+        ))
+    );
+    println!(
+        "labels:      {}",
+        serde_json::to_string(&host.labels).unwrap_or_default()
+    );
+    println!(
+        "facts:       {}",
+        serde_json::Value::Object(host.facts.clone())
+    );
     match store.bundle(&host.id).await? {
         Some(bundle) => println!(
             "bundle:      generation {} from commit {}, issued {}, expires {}; applied generation {}",
@@ -282,14 +343,23 @@ async fn show_host(name: &str, data: &DataArgs) -> Result<ExitCode, Error> {
         None => println!("bundle:      none yet"),
     }
     if let Some((received, body)) = store.reports(&host.id, 1).await?.into_iter().next() {
-        println!("last report: {} ({})", format_time(received), ago(received, now));
+        println!(
+            "last report: {} ({})",
+            format_time(received),
+            ago(received, now)
+        );
         if let Ok(report) = serde_json::from_str::<muster_schemas::protocol::Report>(&body) {
             for resource in &report.resources {
                 let status = serde_json::to_value(resource.status).unwrap_or_default();
                 println!("  {:<10} {}", status.as_str().unwrap_or(""), resource.id);
             }
             for check in &report.checks {
-                println!("  {:<10} check {}/{}", if check.passed { "pass" } else { "FAIL" }, check.policy, check.name);
+                println!(
+                    "  {:<10} check {}/{}",
+                    if check.passed { "pass" } else { "FAIL" },
+                    check.policy,
+                    check.name
+                );
             }
         }
     }
@@ -312,12 +382,19 @@ pub async fn commits(command: CommitsCommand) -> Result<ExitCode, Error> {
                 .into_iter()
                 .map(|commit| {
                     let state = match commit.state {
-                        CommitState::Deployed if deployed.as_deref() == Some(commit.id.as_str()) => "deployed (in force)".to_string(),
+                        CommitState::Deployed
+                            if deployed.as_deref() == Some(commit.id.as_str()) =>
+                        {
+                            "deployed (in force)".to_string()
+                        }
                         CommitState::Deployed => "deployed".into(),
-                        CommitState::Rejected => format!(
-                            "rejected ({} problems)",
-                            commit.diagnostics.as_array().map_or(0, Vec::len)
-                        ),
+                        CommitState::Rejected => {
+                            let n = commit.diagnostics.as_array().map_or(0, Vec::len);
+                            format!(
+                                "rejected ({n} {})",
+                                if n == 1 { "problem" } else { "problems" }
+                            )
+                        }
                     };
                     vec![
                         short(&commit.id).to_string(),
@@ -332,7 +409,10 @@ pub async fn commits(command: CommitsCommand) -> Result<ExitCode, Error> {
             if rows.is_empty() {
                 println!("no commits tried yet: is `muster serve` running?");
             } else {
-                table(&["COMMIT", "STATE", "HOSTS", "TRIED", "AUTHOR", "SUMMARY"], &rows);
+                table(
+                    &["COMMIT", "STATE", "HOSTS", "TRIED", "AUTHOR", "SUMMARY"],
+                    &rows,
+                );
             }
             store.close().await;
             Ok(ExitCode::SUCCESS)
@@ -343,8 +423,16 @@ pub async fn commits(command: CommitsCommand) -> Result<ExitCode, Error> {
             store.close().await;
             let commit = match matches.as_slice() {
                 [one] => one.clone(),
-                [] => return Err(Error::Usage(format!("no commit `{id}` was tried (see `muster commits list`)"))),
-                _ => return Err(Error::Usage(format!("`{id}` matches several commits: give more of the hash"))),
+                [] => {
+                    return Err(Error::Usage(format!(
+                        "no commit `{id}` was tried (see `muster commits list`)"
+                    )));
+                }
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "`{id}` matches several commits: give more of the hash"
+                    )));
+                }
             };
             println!("commit:   {}", commit.id);
             println!("author:   {}", commit.author);
@@ -352,7 +440,11 @@ pub async fn commits(command: CommitsCommand) -> Result<ExitCode, Error> {
             println!("state:    {}", commit.state.as_str());
             println!("tried:    {}", format_time(commit.recorded_at));
             if let Some(at) = commit.deployed_at {
-                println!("deployed: {} ({} hosts got a new bundle)", format_time(at), commit.n_changed);
+                println!(
+                    "deployed: {} ({} hosts got a new bundle)",
+                    format_time(at),
+                    commit.n_changed
+                );
             }
             let diagnostics: Vec<muster_schemas::Diagnostic> =
                 serde_json::from_value(commit.diagnostics.clone()).unwrap_or_default();

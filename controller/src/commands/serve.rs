@@ -21,7 +21,8 @@ use crate::store::{self, Store};
 /// the signing key in it.
 pub fn open_data_dir(dir: &Path) -> Result<(SigningKey, bool), Error> {
     if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(|err| Error::io(format!("cannot create `{}`", dir.display()), err))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|err| Error::io(format!("cannot create `{}`", dir.display()), err))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -37,8 +38,9 @@ pub async fn open_store(data: &DataArgs) -> Result<Store, Error> {
     let url = match &data.database_url {
         Some(url) => url.clone(),
         None => {
-            std::fs::create_dir_all(&data.data_dir)
-                .map_err(|err| Error::io(format!("cannot create `{}`", data.data_dir.display()), err))?;
+            std::fs::create_dir_all(&data.data_dir).map_err(|err| {
+                Error::io(format!("cannot create `{}`", data.data_dir.display()), err)
+            })?;
             store::sqlite_url(&data.data_dir)
         }
     };
@@ -50,9 +52,15 @@ pub async fn init(data: &DataArgs) -> Result<ExitCode, Error> {
     let store = open_store(data).await?;
     store.close().await;
     if created {
-        println!("created the data dir {} and a signing key", data.data_dir.display());
+        println!(
+            "created the data dir {} and a signing key",
+            data.data_dir.display()
+        );
     } else {
-        println!("the data dir {} is ready; its signing key was kept", data.data_dir.display());
+        println!(
+            "the data dir {} is ready; its signing key was kept",
+            data.data_dir.display()
+        );
     }
     println!("public key (agents pin it): {}", key.public_key());
     Ok(ExitCode::SUCCESS)
@@ -69,6 +77,8 @@ struct FileConfig {
     public_url: Option<String>,
     fetch_interval: Option<String>,
     long_poll: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// The controller's settings, resolved.
@@ -83,6 +93,8 @@ pub struct Config {
     pub fetch_interval: Duration,
     pub long_poll: Duration,
     pub webhook_secret: Option<String>,
+    /// PEM certificate chain and key: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn duration(text: &str, what: &str) -> Result<Duration, Error> {
@@ -102,8 +114,9 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|err| Error::io(format!("cannot read `{}`", path.display()), err))?;
-                serde_yaml::from_str(&text)
-                    .map_err(|err| Error::Usage(format!("invalid config file `{}`: {err}", path.display())))?
+                serde_yaml::from_str(&text).map_err(|err| {
+                    Error::Usage(format!("invalid config file `{}`: {err}", path.display()))
+                })?
             }
             None => FileConfig::default(),
         };
@@ -122,29 +135,62 @@ impl Config {
         };
         let branch = match args.branch.or(file.branch) {
             Some(branch) => branch,
-            None if is_local(&repo) => current_branch(Path::new(&repo)).unwrap_or_else(|| "main".into()),
+            None if is_local(&repo) => {
+                current_branch(Path::new(&repo)).unwrap_or_else(|| "main".into())
+            }
             None => "main".into(),
         };
-        let listen = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7878".into());
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7878".into());
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Usage(
+                    "give both --tls-cert and --tls-key, or neither".into(),
+                ));
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = args
             .public_url
             .or(file.public_url)
-            .unwrap_or_else(|| format!("http://{listen}"));
+            .unwrap_or_else(|| format!("{scheme}://{listen}"));
         let fetch_interval = duration(
-            args.fetch_interval.or(file.fetch_interval).as_deref().unwrap_or("30s"),
+            args.fetch_interval
+                .or(file.fetch_interval)
+                .as_deref()
+                .unwrap_or("30s"),
             "fetch interval",
         )?;
-        let long_poll = duration(args.long_poll.or(file.long_poll).as_deref().unwrap_or("55s"), "long poll")?;
+        let long_poll = duration(
+            args.long_poll
+                .or(file.long_poll)
+                .as_deref()
+                .unwrap_or("55s"),
+            "long poll",
+        )?;
         Ok(Config {
             data: args.data,
             repo,
             branch,
-            path: args.path.or(file.path).filter(|p| !p.is_empty() && p != "."),
+            path: args
+                .path
+                .or(file.path)
+                .filter(|p| !p.is_empty() && p != "."),
             listen,
             public_url: public_url.trim_end_matches('/').to_string(),
             fetch_interval,
             long_poll,
-            webhook_secret: std::env::var("MUSTER_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty()),
+            webhook_secret: std::env::var("MUSTER_WEBHOOK_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            tls,
         })
     }
 }
@@ -161,7 +207,12 @@ fn current_branch(repo: &Path) -> Option<String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 /// A running controller, for `muster serve` and for tests.
@@ -192,10 +243,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let store = open_store(&config.data).await?;
     store.set_setting("public_url", &config.public_url).await?;
     let mirror: PathBuf = config.data.data_dir.join("mirror.git");
-    let (repo, branch, path) = (config.repo.clone(), config.branch.clone(), config.path.clone());
-    let source = tokio::task::spawn_blocking(move || GitSource::open(&mirror, &repo, &branch, path.as_deref()))
-        .await
-        .map_err(|err| Error::Usage(format!("cannot open the Git mirror: {err}")))??;
+    let (repo, branch, path) = (
+        config.repo.clone(),
+        config.branch.clone(),
+        config.path.clone(),
+    );
+    let source = tokio::task::spawn_blocking(move || {
+        GitSource::open(&mirror, &repo, &branch, path.as_deref())
+    })
+    .await
+    .map_err(|err| Error::Usage(format!("cannot open the Git mirror: {err}")))??;
 
     let key = Arc::new(key);
     let hub = Arc::new(server::hub::Hub::default());
@@ -231,15 +288,56 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let router = server::router(state);
     let hub_for_shutdown = Arc::clone(&hub);
     let serve_shutdown = stopped(watch.clone());
+    let tls = match &config.tls {
+        Some((cert, key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|err| {
+                    Error::io(
+                        format!(
+                            "cannot load the TLS certificate `{}` or key `{}`",
+                            cert.display(),
+                            key.display()
+                        ),
+                        err,
+                    )
+                })?;
+            Some(tls)
+        }
+        None => None,
+    };
     let task = tokio::spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                serve_shutdown.await;
-                // Waiting long polls end now rather than at their timeout.
-                hub_for_shutdown.close_all();
-            })
-            .await
-            .map_err(|err| Error::io("the HTTP server failed", err));
+        let result = match tls {
+            None => axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    serve_shutdown.await;
+                    // Waiting long polls end now rather than at their timeout.
+                    hub_for_shutdown.close_all();
+                })
+                .await
+                .map_err(|err| Error::io("the HTTP server failed", err)),
+            Some(tls) => {
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                tokio::spawn(async move {
+                    serve_shutdown.await;
+                    hub_for_shutdown.close_all();
+                    stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+                });
+                match listener.into_std() {
+                    Ok(listener) => match axum_server::from_tcp_rustls(listener, tls) {
+                        Ok(server) => server
+                            .handle(handle)
+                            .serve(router.into_make_service())
+                            .await
+                            .map_err(|err| Error::io("the HTTPS server failed", err)),
+                        Err(err) => Err(Error::io("the HTTPS server failed", err)),
+                    },
+                    Err(err) => Err(Error::io("the HTTPS server failed", err)),
+                }
+            }
+        };
         let _ = reconciling.await;
         store.close().await;
         result
@@ -263,7 +361,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, Error> {
         config.public_url,
         config.repo,
         config.branch,
-        config.path.as_deref().map(|p| format!(" path {p}")).unwrap_or_default()
+        config
+            .path
+            .as_deref()
+            .map(|p| format!(" path {p}"))
+            .unwrap_or_default()
     );
     println!("public key: {}", running.public_key);
     shutdown_signal().await;

@@ -27,7 +27,10 @@ pub const MAX_REPORT_BODY: usize = 4 << 20;
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/pubkey", get(pubkey))
-        .route("/v1/enroll", post(enroll).layer(DefaultBodyLimit::max(MAX_ENROLL_BODY)))
+        .route(
+            "/v1/enroll",
+            post(enroll).layer(DefaultBodyLimit::max(MAX_ENROLL_BODY)),
+        )
         .route("/v1/hosts/{id}/bundle", get(bundle))
         .route(
             "/v1/hosts/{id}/reports",
@@ -44,8 +47,13 @@ async fn pubkey(State(state): State<AppState>) -> String {
 fn valid_host_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
@@ -60,8 +68,8 @@ pub fn token_hash(token: &str) -> String {
 }
 
 async fn enroll(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let request: EnrollRequest =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_request(format!("invalid enrollment request: {err}")))?;
+    let request: EnrollRequest = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::bad_request(format!("invalid enrollment request: {err}")))?;
     if !valid_host_name(&request.name) {
         return Err(ApiError::bad_request(
             "invalid host name: use letters, digits, `.`, `-` and `_`, starting with a letter or digit",
@@ -83,7 +91,11 @@ async fn enroll(State(state): State<AppState>, body: Bytes) -> Result<Response, 
         run_status: None,
     };
     let now = now();
-    match state.store.enroll(&token_hash(&request.token), &candidate, now).await? {
+    match state
+        .store
+        .enroll(&token_hash(&request.token), &candidate, now)
+        .await?
+    {
         Ok(host) => {
             tracing::info!(host = %host.name, id = %host.id, state = host.state.as_str(), "host enrolled");
             if host.state == HostState::Approved {
@@ -142,7 +154,16 @@ async fn bundle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let host = authenticate(&state.store, &state.nonces, &method, &uri, &headers, &body, now()).await?;
+    let host = authenticate(
+        &state.store,
+        &state.nonces,
+        &method,
+        &uri,
+        &headers,
+        &body,
+        now(),
+    )
+    .await?;
     own_and_approved(&host, &id)?;
     // Subscribe before reading, so that a publication in between wakes us.
     let mut published = state.hub.subscribe(&host.id);
@@ -151,7 +172,10 @@ async fn bundle(
     }
     let wait = Duration::from_secs(query.wait).min(state.long_poll_limit);
     let deadline = tokio::time::Instant::now() + wait;
-    while tokio::time::timeout_at(deadline, published.changed()).await.is_ok_and(|r| r.is_ok()) {
+    while tokio::time::timeout_at(deadline, published.changed())
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {
         if let Some(signed) = newer_bundle(&state, &host.id, query.generation).await? {
             return Ok(axum::Json(signed).into_response());
         }
@@ -159,7 +183,11 @@ async fn bundle(
     Ok(StatusCode::NOT_MODIFIED.into_response())
 }
 
-async fn newer_bundle(state: &AppState, host_id: &str, have: u64) -> Result<Option<SignedBundle>, ApiError> {
+async fn newer_bundle(
+    state: &AppState,
+    host_id: &str,
+    have: u64,
+) -> Result<Option<SignedBundle>, ApiError> {
     Ok(state
         .store
         .bundle(host_id)
@@ -180,12 +208,21 @@ async fn report(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let now = now();
-    let host = authenticate(&state.store, &state.nonces, &method, &uri, &headers, &body, now).await?;
+    let host = authenticate(
+        &state.store,
+        &state.nonces,
+        &method,
+        &uri,
+        &headers,
+        &body,
+        now,
+    )
+    .await?;
     if host.id != id {
         return Err(ApiError::forbidden("a host can only report for itself"));
     }
-    let report: Report =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_request(format!("invalid report: {err}")))?;
+    let report: Report = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::bad_request(format!("invalid report: {err}")))?;
     let run_status = match report.status {
         RunStatus::InSync => "in_sync",
         RunStatus::Drifted => "drifted",
@@ -195,7 +232,14 @@ async fn report(
     let body = String::from_utf8_lossy(&body);
     state
         .store
-        .record_report(&host.id, report.generation, run_status, report.facts.as_ref(), &body, now)
+        .record_report(
+            &host.id,
+            report.generation,
+            run_status,
+            report.facts.as_ref(),
+            &body,
+            now,
+        )
         .await?;
     Ok(StatusCode::ACCEPTED)
 }

@@ -26,7 +26,10 @@ pub struct NonceCache {
 impl NonceCache {
     /// Records a nonce; false if it was already seen (a replay).
     pub fn insert(&self, host_id: &str, nonce: &str, timestamp: i64, now: i64) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if seen.len() > 100_000 {
             seen.retain(|_, expires| *expires > now);
         }
@@ -70,23 +73,38 @@ pub async fn authenticate(
         ));
     }
     let nonce_ok = (16..=128).contains(&nonce.len())
-        && nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !nonce_ok {
-        return Err(ApiError::unauthorized("the nonce must be 16 to 128 letters, digits, `-` or `_`"));
+        return Err(ApiError::unauthorized(
+            "the nonce must be 16 to 128 letters, digits, `-` or `_`",
+        ));
     }
     let host = store
         .host(host_id)
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown host or bad signature"))?;
-    let key = hex::decode(&host.key).map_err(|_| ApiError::internal("stored host key is not hex"))?;
+    let key =
+        hex::decode(&host.key).map_err(|_| ApiError::internal("stored host key is not hex"))?;
     let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    if !auth::verify(&key, method.as_str(), path_and_query, timestamp, nonce, body, signature) {
+    if !auth::verify(
+        &key,
+        method.as_str(),
+        path_and_query,
+        timestamp,
+        nonce,
+        body,
+        signature,
+    ) {
         return Err(ApiError::unauthorized("unknown host or bad signature"));
     }
     // Only a verified request may burn a nonce: otherwise anyone could
     // block a host's future nonces by sending them first.
     if !nonces.insert(&host.id, nonce, timestamp, now) {
-        return Err(ApiError::unauthorized("nonce already used: requests cannot be replayed"));
+        return Err(ApiError::unauthorized(
+            "nonce already used: requests cannot be replayed",
+        ));
     }
     Ok(host)
 }
@@ -100,7 +118,10 @@ mod tests {
         let cache = NonceCache::default();
         assert!(cache.insert("h", "n1", 1000, 1000));
         assert!(!cache.insert("h", "n1", 1000, 1100));
-        assert!(cache.insert("other", "n1", 1000, 1100), "nonces are per host");
+        assert!(
+            cache.insert("other", "n1", 1000, 1100),
+            "nonces are per host"
+        );
         // After the window, the timestamp check refuses the request anyway,
         // so the entry may go.
         assert!(cache.insert("h", "n1", 1000, 1000 + MAX_SKEW_SECS + 2));

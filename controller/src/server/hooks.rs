@@ -37,7 +37,11 @@ fn secret(state: &AppState) -> Result<&str, ApiError> {
     })
 }
 
-async fn github(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
+async fn github(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     let secret = secret(&state)?;
     let signature = headers
         .get("x-hub-signature-256")

@@ -18,7 +18,10 @@ impl Hub {
     /// Subscribe *before* reading the current bundle, so that a publication
     /// between the read and the wait is not missed.
     pub fn subscribe(&self, host_id: &str) -> watch::Receiver<u64> {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         hosts
             .entry(host_id.to_string())
             .or_insert_with(|| watch::channel(0).0)
@@ -27,7 +30,10 @@ impl Hub {
 
     /// Wakes everyone waiting on these hosts.
     pub fn publish<'a>(&self, published: impl IntoIterator<Item = (&'a str, u64)>) {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for (host_id, generation) in published {
             if let Some(sender) = hosts.get(host_id) {
                 sender.send_replace(generation);
@@ -40,7 +46,10 @@ impl Hub {
 
     /// Ends every wait: on shutdown, long polls answer at once.
     pub fn close_all(&self) {
-        self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        self.hosts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
     }
 
     /// How many hosts have a waiting request, for metrics.

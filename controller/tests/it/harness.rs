@@ -32,7 +32,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -68,16 +71,29 @@ impl FleetRepo {
     /// Commits every change in the work tree; returns the commit id.
     pub(crate) fn commit_all(&self, message: &str) -> String {
         let mut index = self.repo.index().unwrap();
-        index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
         index.update_all(["*"], None).unwrap();
         index.write().unwrap();
         let tree = self.repo.find_tree(index.write_tree().unwrap()).unwrap();
         let signature = git2::Signature::now("Alice Admin", "alice@example.com").unwrap();
-        let parent = self.repo.head().ok().and_then(|head| head.peel_to_commit().ok());
+        let parent = self
+            .repo
+            .head()
+            .ok()
+            .and_then(|head| head.peel_to_commit().ok());
         let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
         let id = self
             .repo
-            .commit(Some("HEAD"), &signature, &signature, message, &tree, &parents)
+            .commit(
+                Some("HEAD"),
+                &signature,
+                &signature,
+                message,
+                &tree,
+                &parents,
+            )
             .unwrap();
         id.to_string()
     }
@@ -102,6 +118,7 @@ pub(crate) struct Harness {
     _db: TestDb,
     pub(crate) repo: FleetRepo,
     pub(crate) url: String,
+    pub(crate) db_url: String,
     pub(crate) public_key: String,
     pub(crate) store: Store,
     pub(crate) http: reqwest::Client,
@@ -110,9 +127,14 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub(crate) async fn start(db: TestDb) -> Harness {
+        Self::start_with(db, |_| {}).await
+    }
+
+    /// Starts a controller after `adjust` changed its configuration.
+    pub(crate) async fn start_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let repo = FleetRepo::from_example(&db.dir);
-        let config = Config {
+        let mut config = Config {
             data: DataArgs {
                 data_dir: db.dir.join("data"),
                 database_url: Some(db.url.clone()),
@@ -125,12 +147,20 @@ impl Harness {
             fetch_interval: Duration::from_millis(200),
             long_poll: Duration::from_secs(30),
             webhook_secret: Some(WEBHOOK_SECRET.into()),
+            tls: None,
+        };
+        adjust(&mut config);
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
         };
         let running = serve::start(config).await.expect("the controller starts");
         let store = Store::open(&db.url).await.unwrap();
         Harness {
-            url: format!("http://{}", running.address),
+            url: format!("{scheme}://{}", running.address),
             public_key: running.public_key.clone(),
+            db_url: db.url.clone(),
             _db: db,
             repo,
             store,
@@ -147,20 +177,32 @@ impl Harness {
     }
 
     /// Creates an enrollment token directly in the store.
-    pub(crate) async fn token(&self, max_uses: i64, auto_approve: bool, labels: &[(&str, &str)], ttl: i64) -> String {
+    pub(crate) async fn token(
+        &self,
+        max_uses: i64,
+        auto_approve: bool,
+        labels: &[(&str, &str)],
+        ttl: i64,
+    ) -> String {
         let token = format!("mt_test_{}", rand_hex());
         let now = muster_controller::server::now();
         let record = TokenRecord {
             id: rand_hex()[..8].to_string(),
             max_uses,
             uses: 0,
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
             auto_approve,
             created_at: now,
             expires_at: now + ttl,
             revoked_at: None,
         };
-        self.store.create_token(&record, &token_hash(&token)).await.unwrap();
+        self.store
+            .create_token(&record, &token_hash(&token))
+            .await
+            .unwrap();
         token
     }
 
@@ -181,14 +223,19 @@ impl Harness {
     pub(crate) async fn enroll_raw(&self, token: &str, name: &str) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/enroll", self.url))
-            .json(&json!({"token": token, "name": name, "facts": {"os": "debian", "arch": "x86_64"}}))
+            .json(
+                &json!({"token": token, "name": name, "facts": {"os": "debian", "arch": "x86_64"}}),
+            )
             .send()
             .await
             .unwrap()
     }
 
     /// Waits until the commit has been tried; returns its state.
-    pub(crate) async fn commit_state(&self, commit: &str) -> muster_controller::store::CommitRecord {
+    pub(crate) async fn commit_state(
+        &self,
+        commit: &str,
+    ) -> muster_controller::store::CommitRecord {
         eventually(&format!("commit {commit} to be tried"), || async {
             self.store.commit(commit).await.unwrap()
         })
@@ -229,8 +276,21 @@ impl Agent {
         }
     }
 
-    pub(crate) async fn send(&self, method: &str, path_and_query: &str, body: Vec<u8>, signing: &Signing) -> reqwest::Response {
-        let signature = auth::sign(&signing.key, method, path_and_query, signing.timestamp, &signing.nonce, &body);
+    pub(crate) async fn send(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Vec<u8>,
+        signing: &Signing,
+    ) -> reqwest::Response {
+        let signature = auth::sign(
+            &signing.key,
+            method,
+            path_and_query,
+            signing.timestamp,
+            &signing.nonce,
+            &body,
+        );
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         self.http
             .request(method, format!("{}{path_and_query}", self.url))
@@ -247,25 +307,40 @@ impl Agent {
 
     /// `GET` this host's bundle newer than `generation`, waiting up to `wait` s.
     pub(crate) async fn bundle_request(&self, generation: u64, wait: u64) -> reqwest::Response {
-        let path = format!("/v1/hosts/{}/bundle?generation={generation}&wait={wait}", self.host_id);
+        let path = format!(
+            "/v1/hosts/{}/bundle?generation={generation}&wait={wait}",
+            self.host_id
+        );
         self.send("GET", &path, Vec::new(), &self.signing()).await
     }
 
     /// The bundle newer than `generation`, waiting for it if needed.
     pub(crate) async fn bundle_after(&self, generation: u64) -> SignedBundle {
-        eventually(&format!("a bundle for {} newer than {generation}", self.name), || async {
-            let response = self.bundle_request(generation, 5).await;
-            match response.status().as_u16() {
-                200 => Some(response.json::<SignedBundle>().await.unwrap()),
-                304 => None,
-                other => panic!("bundle request answered {other}: {}", response.text().await.unwrap()),
-            }
-        })
+        eventually(
+            &format!("a bundle for {} newer than {generation}", self.name),
+            || async {
+                let response = self.bundle_request(generation, 5).await;
+                match response.status().as_u16() {
+                    200 => Some(response.json::<SignedBundle>().await.unwrap()),
+                    304 => None,
+                    other => panic!(
+                        "bundle request answered {other}: {}",
+                        response.text().await.unwrap()
+                    ),
+                }
+            },
+        )
         .await
     }
 
     pub(crate) async fn report(&self, body: &Value) -> reqwest::Response {
         let path = format!("/v1/hosts/{}/reports", self.host_id);
-        self.send("POST", &path, serde_json::to_vec(body).unwrap(), &self.signing()).await
+        self.send(
+            "POST",
+            &path,
+            serde_json::to_vec(body).unwrap(),
+            &self.signing(),
+        )
+        .await
     }
 }

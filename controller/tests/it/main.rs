@@ -1,5 +1,6 @@
 //! Integration tests of the `muster` command and the controller library.
 
+mod admin;
 mod cli;
 mod controller;
 mod corpus;
