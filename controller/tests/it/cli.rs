@@ -1,12 +1,13 @@
 //! The `muster` binary as a user runs it: exit codes, output formats, and
 //! hostile input.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
+
+use crate::support::TempDir;
+use crate::support::git::files_of;
 
 fn muster(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_muster"))
@@ -23,64 +24,13 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("muster-it-{label}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("temp dir is creatable");
-        TempDir(path)
+/// A copy of the example fleet repo in a temp dir.
+fn example_copy(label: &str) -> TempDir {
+    let dir = TempDir::new(label);
+    for (path, bytes) in files_of(&example_repo()) {
+        dir.write(&path, bytes);
     }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().expect("temp path is UTF-8")
-    }
-
-    fn write(&self, relative: &str, bytes: impl AsRef<[u8]>) {
-        let path = self.0.join(relative);
-        fs::create_dir_all(path.parent().expect("file has a parent")).expect("parent is creatable");
-        fs::write(path, bytes).expect("file is writable");
-    }
-
-    /// Replaces `from` by `to` in one file, which must contain it once.
-    fn edit(&self, relative: &str, from: &str, to: &str) {
-        let path = self.0.join(relative);
-        let content = fs::read_to_string(&path).expect("file is readable");
-        assert_eq!(
-            content.matches(from).count(),
-            1,
-            "`{from}` must occur once in {relative}"
-        );
-        fs::write(path, content.replacen(from, to, 1)).expect("file is writable");
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in fs::read_dir(from).expect("source is readable") {
-        let entry = entry.expect("entry is readable");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type is readable").is_dir() {
-            fs::create_dir_all(&target).expect("dir is creatable");
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).expect("file is copyable");
-        }
-    }
+    dir
 }
 
 #[test]
@@ -183,8 +133,7 @@ const TEN_MISTAKES: [(&str, u32, u32, &str); 10] = [
 
 #[test]
 fn ten_planted_mistakes_give_ten_located_diagnostics_in_one_run() {
-    let repo = TempDir::new("ten");
-    copy_tree(&example_repo(), repo.path());
+    let repo = example_copy("ten");
     plant_ten_mistakes(&repo);
 
     let output = muster(&["validate", repo.arg()]);

@@ -534,3 +534,94 @@ async fn tls_is_served_with_the_given_certificate() {
     );
     harness.stop().await;
 }
+
+backends!(
+    commit_signatures_are_enforced_by_the_commit_in_force,
+    |db: TestDb| {
+        async move {
+            use crate::support::git::{public_key_line, signing_key};
+            let trusted = signing_key(1);
+            let intruder = signing_key(2);
+            let harness = Harness::start(db).await;
+            let initial = eventually("the example to deploy", || async {
+                harness.store.deployed_commit().await.unwrap()
+            })
+            .await;
+
+            // Turning the policy on is itself signed by the key it trusts.
+            let policy = format!(
+                "commit_signatures:\n  required: true\n  allowed_signers:\n    - name: alice\n      key: {}\n",
+                public_key_line(&trusted)
+            );
+            harness.repo.edit(
+                "fleet.yaml",
+                "commit_signatures:\n  required: false\n",
+                &policy,
+            );
+            let signed = harness
+                .repo
+                .commit_all_signed("Require signed commits", &trusted);
+            let record = harness.commit_state(&signed).await;
+            assert_eq!(
+                record.state,
+                CommitState::Deployed,
+                "{:?}",
+                record.diagnostics
+            );
+            assert_ne!(record.id, initial.id);
+
+            let rejected_with = |record: muster_controller::store::CommitRecord| {
+                assert_eq!(record.state, CommitState::Rejected);
+                record.diagnostics[0]["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            };
+            harness
+                .repo
+                .edit("files/motd", "managed by muster", "managed by nobody");
+            let unsigned = harness.repo.commit_all("Unsigned change");
+            assert!(rejected_with(harness.commit_state(&unsigned).await).contains("not signed"));
+
+            harness
+                .repo
+                .edit("files/motd", "managed by nobody", "managed by mallory");
+            let foreign = harness
+                .repo
+                .commit_all_signed("Signed by an unknown key", &intruder);
+            assert!(
+                rejected_with(harness.commit_state(&foreign).await)
+                    .contains("not in `commit_signatures.allowed_signers`")
+            );
+
+            // A commit cannot make itself trusted by adding its own key.
+            let self_trust = format!(
+                "{policy}    - name: mallory\n      key: {}\n",
+                public_key_line(&intruder)
+            );
+            harness.repo.edit("fleet.yaml", &policy, &self_trust);
+            let sneaky = harness.repo.commit_all_signed("Trust me", &intruder);
+            assert!(
+                rejected_with(harness.commit_state(&sneaky).await)
+                    .contains("not in `commit_signatures.allowed_signers`")
+            );
+            assert_eq!(
+                harness.store.deployed_commit().await.unwrap().unwrap().id,
+                signed
+            );
+
+            // The trusted key still deploys.
+            harness.repo.edit(
+                "files/motd",
+                "managed by mallory",
+                "managed by muster, signed",
+            );
+            let good = harness.repo.commit_all_signed("A signed change", &trusted);
+            assert_eq!(
+                harness.commit_state(&good).await.state,
+                CommitState::Deployed
+            );
+            harness.stop().await;
+        }
+    }
+);

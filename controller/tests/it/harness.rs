@@ -2,9 +2,10 @@
 //! a controller on `127.0.0.1:0` with its own data dir and database, and
 //! test agents that sign their requests like the real agent.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use muster_controller::cli::DataArgs;
@@ -16,6 +17,7 @@ use muster_schemas::protocol::{EnrollResponse, auth};
 use serde_json::{Value, json};
 
 use crate::db::TestDb;
+use crate::support::git::{Change, TestRepo, ssh_signature};
 
 pub(crate) const WEBHOOK_SECRET: &str = "test-webhook-secret";
 
@@ -40,75 +42,67 @@ where
     }
 }
 
-/// A fleet repo on disk with a `main` branch.
+/// The fleet repo a test controller follows: the example fleet on `main`,
+/// changed by edits that the next commit records.
 pub(crate) struct FleetRepo {
-    pub(crate) path: PathBuf,
-    repo: git2::Repository,
+    repo: TestRepo,
+    pending: RefCell<Vec<(String, Change)>>,
 }
 
 impl FleetRepo {
-    /// A new repo holding a copy of `examples/fleet-repo` at its root.
-    pub(crate) fn from_example(dir: &Path) -> FleetRepo {
-        let path = dir.join("fleet");
-        std::fs::create_dir_all(&path).unwrap();
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet-repo");
-        copy_tree(&example, &path);
-        let mut options = git2::RepositoryInitOptions::new();
-        options.initial_head("main");
-        let repo = git2::Repository::init_opts(&path, &options).unwrap();
-        let fleet = FleetRepo { path, repo };
-        fleet.commit_all("Initial fleet");
-        fleet
-    }
-
-    pub(crate) fn edit(&self, relative: &str, from: &str, to: &str) {
-        let path = self.path.join(relative);
-        let content = std::fs::read_to_string(&path).unwrap();
-        assert!(content.contains(from), "`{from}` is not in {relative}");
-        std::fs::write(path, content.replacen(from, to, 1)).unwrap();
-    }
-
-    /// Commits every change in the work tree; returns the commit id.
-    pub(crate) fn commit_all(&self, message: &str) -> String {
-        let mut index = self.repo.index().unwrap();
-        index
-            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-            .unwrap();
-        index.update_all(["*"], None).unwrap();
-        index.write().unwrap();
-        let tree = self.repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let signature = git2::Signature::now("Alice Admin", "alice@example.com").unwrap();
-        let parent = self
-            .repo
-            .head()
-            .ok()
-            .and_then(|head| head.peel_to_commit().ok());
-        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-        let id = self
-            .repo
-            .commit(
-                Some("HEAD"),
-                &signature,
-                &signature,
-                message,
-                &tree,
-                &parents,
-            )
-            .unwrap();
-        id.to_string()
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
+    pub(crate) fn from_example() -> FleetRepo {
+        FleetRepo {
+            repo: TestRepo::from_example("harness"),
+            pending: RefCell::default(),
         }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.repo.path()
+    }
+
+    /// A file as the next commit will have it.
+    fn read(&self, relative: &str) -> String {
+        let pending = self.pending.borrow();
+        if let Some((_, Change::File(bytes))) =
+            pending.iter().rev().find(|(path, _)| path == relative)
+        {
+            return String::from_utf8(bytes.clone()).unwrap();
+        }
+        let git = self.repo.git2();
+        let tree = git
+            .find_reference("refs/heads/main")
+            .unwrap()
+            .peel_to_tree()
+            .unwrap();
+        let entry = tree.get_path(Path::new(relative)).unwrap();
+        String::from_utf8(git.find_blob(entry.id()).unwrap().content().to_vec()).unwrap()
+    }
+
+    /// Replaces `from` by `to` in a file, for the next commit.
+    pub(crate) fn edit(&self, relative: &str, from: &str, to: &str) {
+        let content = self.read(relative);
+        assert!(content.contains(from), "`{from}` is not in {relative}");
+        let changed = content.replacen(from, to, 1);
+        self.pending
+            .borrow_mut()
+            .push((relative.to_string(), Change::file(changed)));
+    }
+
+    /// Commits the pending edits on `main`; returns the commit id.
+    pub(crate) fn commit_all(&self, message: &str) -> String {
+        let changes = self.pending.take();
+        self.repo.commit(message, &changes)
+    }
+
+    /// Commits the pending edits signed with `key`, as git does with
+    /// `gpg.format=ssh`.
+    pub(crate) fn commit_all_signed(&self, message: &str, key: &ssh_key::PrivateKey) -> String {
+        let changes = self.pending.take();
+        self.repo
+            .commit_signed_on("main", message, &changes, |buffer| {
+                ssh_signature(key, "git", buffer)
+            })
     }
 }
 
@@ -133,13 +127,13 @@ impl Harness {
     /// Starts a controller after `adjust` changed its configuration.
     pub(crate) async fn start_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let repo = FleetRepo::from_example(&db.dir);
+        let repo = FleetRepo::from_example();
         let mut config = Config {
             data: DataArgs {
                 data_dir: db.dir.join("data"),
                 database_url: Some(db.url.clone()),
             },
-            repo: repo.path.display().to_string(),
+            repo: repo.path().display().to_string(),
             branch: "main".into(),
             path: None,
             listen: "127.0.0.1:0".into(),

@@ -24,6 +24,30 @@ impl TempDir {
     pub(crate) fn path(&self) -> &Path {
         &self.0
     }
+
+    /// The path as a command-line argument.
+    pub(crate) fn arg(&self) -> &str {
+        self.0.to_str().expect("temp path is UTF-8")
+    }
+
+    /// Writes a file, creating its directories.
+    pub(crate) fn write(&self, relative: &str, bytes: impl AsRef<[u8]>) {
+        let path = self.0.join(relative);
+        fs::create_dir_all(path.parent().expect("file has a parent")).expect("parent is creatable");
+        fs::write(path, bytes).expect("file is writable");
+    }
+
+    /// Replaces `from` by `to` in one file, which must contain it once.
+    pub(crate) fn edit(&self, relative: &str, from: &str, to: &str) {
+        let path = self.0.join(relative);
+        let content = fs::read_to_string(&path).expect("file is readable");
+        assert_eq!(
+            content.matches(from).count(),
+            1,
+            "`{from}` must occur once in {relative}"
+        );
+        fs::write(path, content.replacen(from, to, 1)).expect("file is writable");
+    }
 }
 
 impl Drop for TempDir {
