@@ -309,7 +309,8 @@ impl CompileError {
                     "resource `{resource_id}` is declared differently by policy `{first_policy}` ({first_origin}) and policy `{second_policy}` ({second_origin})"
                 );
                 if !differences.is_empty() {
-                    let fields: Vec<String> = differences.iter().map(|f| format!("`{f}`")).collect();
+                    let fields: Vec<String> =
+                        differences.iter().map(|f| format!("`{f}`")).collect();
                     text.push_str(&format!("; they differ in {}", fields.join(", ")));
                 }
                 text
@@ -426,6 +427,10 @@ impl<'m> Compiler<'m> {
     /// resolves every resource that does not depend on the host.
     pub fn new(model: &'m FleetModel, sources: &dyn SourceFiles) -> Self {
         let mut templates = Environment::new();
+        // An undefined variable is an error wherever its value is used
+        // (printed, iterated, passed to a filter), so a typo never ships an
+        // empty setting; only `{% if vars.x %}` may test one, so optional
+        // settings need no `is defined` guard.
         templates.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         templates.set_fuel(Some(TEMPLATE_FUEL));
         // Bundles carry configuration files, not HTML: a template named
@@ -604,7 +609,12 @@ impl<'m> Compiler<'m> {
         Err(diagnostics)
     }
 
-    fn render(&self, name: &str, vars: &Value, context: &HostContext) -> Result<String, minijinja::Error> {
+    fn render(
+        &self,
+        name: &str,
+        vars: &Value,
+        context: &HostContext,
+    ) -> Result<String, minijinja::Error> {
         let template = self.templates.get_template(name)?;
         let rendered = template.render(minijinja::context! {
             vars => vars.clone(),
@@ -758,8 +768,7 @@ impl Preparer<'_> {
                 Ok(text) => Some(text),
                 Err(problem) => {
                     let path = format!("{here}.source");
-                    let (policy, resource_id, source) =
-                        (policy.to_string(), id, source.clone());
+                    let (policy, resource_id, source) = (policy.to_string(), id, source.clone());
                     return Body::Broken(match problem {
                         SourceProblem::Missing => CompileError::MissingSource {
                             policy,
@@ -804,12 +813,20 @@ impl Preparer<'_> {
                 format!("{here}.content"),
             ),
         };
-        let parse_error = self
-            .parsed
-            .entry(name.clone())
-            .or_insert_with(|| self.templates.add_template_owned(name.clone(), text.clone()).err());
+        let parse_error = self.parsed.entry(name.clone()).or_insert_with(|| {
+            self.templates
+                .add_template_owned(name.clone(), text.clone())
+                .err()
+        });
         if let Some(error) = parse_error {
-            return Body::Broken(template_error(policy, &path, &id, &label, error, Some(&text)));
+            return Body::Broken(template_error(
+                policy,
+                &path,
+                &id,
+                &label,
+                error,
+                Some(&text),
+            ));
         }
         Body::Template {
             base,
@@ -933,7 +950,9 @@ fn json_to_value(value: &serde_json::Value) -> Value {
             }
         }
         serde_json::Value::String(text) => Value::from(text.as_str()),
-        serde_json::Value::Array(items) => Value::from(items.iter().map(json_to_value).collect::<Vec<_>>()),
+        serde_json::Value::Array(items) => {
+            Value::from(items.iter().map(json_to_value).collect::<Vec<_>>())
+        }
         serde_json::Value::Object(map) => Value::from(
             map.iter()
                 .map(|(key, value)| (key.clone(), json_to_value(value)))
@@ -994,7 +1013,9 @@ mod tests {
             .chain(sources.keys().cloned())
             .collect();
         let validation = muster_schemas::load_repo(
-            texts.iter().map(|(path, text)| (path.as_str(), text.as_bytes())),
+            texts
+                .iter()
+                .map(|(path, text)| (path.as_str(), text.as_bytes())),
             &repo_files,
         );
         assert!(
@@ -1071,12 +1092,23 @@ name: web-02
         let policy = format!(
             "kind: Policy\nname: p\ntargets: {targets}\nresources:\n  - package: {{name: x}}\n"
         );
-        let model = model(&[("groups.yaml", GROUPS), ("p.yaml", &policy)], &Sources::new());
+        let model = model(
+            &[("groups.yaml", GROUPS), ("p.yaml", &policy)],
+            &Sources::new(),
+        );
         let hosts = [
             host("web-01", &[("role", "web"), ("env", "prod")], json!({})),
             host("web-02", &[("role", "web"), ("env", "staging")], json!({})),
-            host("db-01", &[("role", "db"), ("env", "prod")], json!({"os": "debian"})),
-            host("db-09", &[("role", "db"), ("env", "dev")], json!({"os": "rocky"})),
+            host(
+                "db-01",
+                &[("role", "db"), ("env", "prod")],
+                json!({"os": "debian"}),
+            ),
+            host(
+                "db-09",
+                &[("role", "db"), ("env", "dev")],
+                json!({"os": "rocky"}),
+            ),
         ];
         let names = ["web-01", "web-02", "db-01", "db-09"];
         let targets = &model.policies["p"].targets;
@@ -1093,18 +1125,31 @@ name: web-02
         assert_eq!(targeted("{groups: [web]}"), ["web-01", "web-02"]);
         assert_eq!(targeted("{groups: [canaries]}"), ["db-09"]);
         assert_eq!(targeted("{hosts: [web-02]}"), ["web-02"]);
-        assert_eq!(targeted("{groups: [web, canaries]}"), ["web-01", "web-02", "db-09"]);
-        assert_eq!(targeted("{selector: {hostname: \"db-*\"}}"), ["db-01", "db-09"]);
-        assert_eq!(targeted("{selector: {hostname: \"web-0?\", env: prod}}"), ["web-01"]);
+        assert_eq!(
+            targeted("{groups: [web, canaries]}"),
+            ["web-01", "web-02", "db-09"]
+        );
+        assert_eq!(
+            targeted("{selector: {hostname: \"db-*\"}}"),
+            ["db-01", "db-09"]
+        );
+        assert_eq!(
+            targeted("{selector: {hostname: \"web-0?\", env: prod}}"),
+            ["web-01"]
+        );
         assert_eq!(
             targeted("{selector: {env: [prod, staging]}}"),
             ["web-01", "web-02", "db-01"]
         );
         assert_eq!(targeted("{selector: {os: rocky}}"), ["db-09"]);
-        assert_eq!(targeted("{selector: {}}"), ["web-01", "web-02", "db-01", "db-09"]);
-        assert_eq!(targeted("{groups: [web], hosts: [db-09], exclude: {hosts: [web-02]}}"), [
-            "web-01", "db-09"
-        ]);
+        assert_eq!(
+            targeted("{selector: {}}"),
+            ["web-01", "web-02", "db-01", "db-09"]
+        );
+        assert_eq!(
+            targeted("{groups: [web], hosts: [db-09], exclude: {hosts: [web-02]}}"),
+            ["web-01", "db-09"]
+        );
         assert_eq!(
             targeted("{selector: {}, exclude: {groups: [web, canaries]}}"),
             ["db-01"]
@@ -1126,7 +1171,11 @@ name: web-02
         );
         let web = host(
             "web-01",
-            &[("tier", "silver"), ("arch", "arm64-token"), ("team", "shop")],
+            &[
+                ("tier", "silver"),
+                ("arch", "arm64-token"),
+                ("team", "shop"),
+            ],
             json!({"os": "debian", "os_version": "12", "arch": "x86_64", "kernel": "6.1.0", "cpus": 4, "uptime": "1d"}),
         );
         let labels = effective_labels(&model, &web);
@@ -1167,7 +1216,8 @@ name: web-01
 vars: {server: shop.example.com}
 ";
 
-    const SITE_TEMPLATE: &str = "# {{ facts.hostname }} on {{ facts.os }} {{ facts.cpu.cores }} cores
+    const SITE_TEMPLATE: &str =
+        "# {{ facts.hostname }} on {{ facts.os }} {{ facts.cpu.cores }} cores
 listen {{ vars.port }};
 server_name {{ vars.server }};
 {% for tag in vars.tags %}tag {{ tag }}
@@ -1179,8 +1229,12 @@ server_name {{ vars.server }};
         let files = sources(&[("files/site.conf.tmpl", SITE_TEMPLATE)]);
         let model = model(&[("site.yaml", TEMPLATE_REPO)], &files);
         let facts = json!({"os": "debian", "cpu": {"cores": 8}});
-        let web = compile_host(&model, &files, &host("web-01", &[("role", "web")], facts.clone()))
-            .expect("compiles");
+        let web = compile_host(
+            &model,
+            &files,
+            &host("web-01", &[("role", "web")], facts.clone()),
+        )
+        .expect("compiles");
         assert_eq!(
             content(&web, "file:/etc/site.conf"),
             "# web-01 on debian 8 cores\nlisten 80;\nserver_name shop.example.com;\ntag a\ntag b\n",
@@ -1209,13 +1263,19 @@ server_name {{ vars.server }};
         let CompileError::Template { line, template, .. } = &error else {
             panic!("{error:?}")
         };
-        assert_eq!((template.as_str(), *line), ("files/site.conf.tmpl", Some(1)));
+        assert_eq!(
+            (template.as_str(), *line),
+            ("files/site.conf.tmpl", Some(1))
+        );
         assert_eq!(
             error.to_string(),
             "policy `site`, resources[0].file.source: `file:/etc/site.conf`: template files/site.conf.tmpl line 1: undefined value in `# {{ facts.hostname }} on {{ facts.os }} {{ facts.cpu.cores }} cores`"
         );
         let diagnostic = error.to_diagnostic(&model);
-        assert_eq!((diagnostic.file.as_str(), diagnostic.line), ("site.yaml", 1));
+        assert_eq!(
+            (diagnostic.file.as_str(), diagnostic.line),
+            ("site.yaml", 1)
+        );
         assert!(diagnostic.hint.expect("a hint").contains("`vars`"));
         // An inline template without `labels.role`.
         let error = one_error(compile_host(
@@ -1224,7 +1284,12 @@ server_name {{ vars.server }};
             &host("web-01", &[], json!({"os": "debian", "cpu": {"cores": 2}})),
         ));
         assert_eq!(error.path(), "resources[1].file.content");
-        assert!(error.message().contains("template inline content line 1: undefined value"), "{error}");
+        assert!(
+            error
+                .message()
+                .contains("template inline content line 1: undefined value"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -1258,7 +1323,11 @@ server_name {{ vars.server }};
             )],
             &Sources::new(),
         );
-        let error = one_error(compile_host(&model, &Sources::new(), &host("h", &[], json!({}))));
+        let error = one_error(compile_host(
+            &model,
+            &Sources::new(),
+            &host("h", &[], json!({})),
+        ));
         assert!(error.message().contains("fuel"), "{error}");
         assert!(error.hint().expect("a hint").contains("loops"));
     }
@@ -1277,7 +1346,10 @@ resources:
         let files = sources(&[("files/motd", "Welcome {{ facts.hostname }}\n")]);
         let model = model(&[("motd.yaml", SOURCE_REPO)], &files);
         let desired = compile_host(&model, &files, &host("h", &[], json!({}))).expect("compiles");
-        assert_eq!(content(&desired, "file:/etc/motd"), "Welcome {{ facts.hostname }}\n");
+        assert_eq!(
+            content(&desired, "file:/etc/motd"),
+            "Welcome {{ facts.hostname }}\n"
+        );
         assert_eq!(content(&desired, "file:/etc/issue"), "{{ not a template }}");
         let Resource::File(gone) = &desired.resources[2].resource else {
             panic!()
@@ -1292,13 +1364,23 @@ resources:
         let mut binary = Sources::new();
         binary.insert("files/motd".into(), vec![0xff, 0xfe, 0]);
         let error = one_error(compile_host(&model, &binary, &host("h", &[], json!({}))));
-        assert!(matches!(error, CompileError::BinarySource { .. }), "{error:?}");
+        assert!(
+            matches!(error, CompileError::BinarySource { .. }),
+            "{error:?}"
+        );
         assert_eq!(
             error.to_string(),
             "policy `motd`, resources[0].file.source: `file:/etc/motd`: source `files/motd` is not UTF-8 text; binary files are not supported yet"
         );
-        let error = one_error(compile_host(&model, &Sources::new(), &host("h", &[], json!({}))));
-        assert!(matches!(error, CompileError::MissingSource { .. }), "{error:?}");
+        let error = one_error(compile_host(
+            &model,
+            &Sources::new(),
+            &host("h", &[], json!({})),
+        ));
+        assert!(
+            matches!(error, CompileError::MissingSource { .. }),
+            "{error:?}"
+        );
     }
 
     const OVERLAP_REPO: &[(&str, &str)] = &[
@@ -1369,7 +1451,11 @@ parameters:
             .collect();
         let diagnostics =
             compile_all(&model, &Sources::new(), &hosts).expect_err("web hosts conflict");
-        assert_eq!(diagnostics.len(), 1, "one diagnostic for five hosts: {diagnostics:#?}");
+        assert_eq!(
+            diagnostics.len(),
+            1,
+            "one diagnostic for five hosts: {diagnostics:#?}"
+        );
         let diagnostic = &diagnostics[0];
         assert_eq!(
             (diagnostic.file.as_str(), diagnostic.path.as_str()),
@@ -1381,7 +1467,12 @@ parameters:
                 .ends_with("(on 5 hosts, such as web-01, web-02, web-03)"),
             "{diagnostic}"
         );
-        assert!(diagnostic.hint.as_deref().is_some_and(|h| h.contains("one policy only")));
+        assert!(
+            diagnostic
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.contains("one policy only"))
+        );
     }
 
     #[test]
@@ -1409,9 +1500,17 @@ parameters:
             .iter()
             .map(|c| (c.policy.as_str(), c.check.name.as_str()))
             .collect();
-        assert_eq!(checks, [("base", "curl-present"), ("zz-audit", "cron-running")]);
+        assert_eq!(
+            checks,
+            [("base", "curl-present"), ("zz-audit", "cron-running")]
+        );
         let params = serde_json::to_string(
-            &desired.checks[1].check.remediation.as_ref().expect("remediation").params,
+            &desired.checks[1]
+                .check
+                .remediation
+                .as_ref()
+                .expect("remediation")
+                .params,
         )
         .expect("json");
         assert_eq!(params, r#"{"count":3,"unit":"cron"}"#);
@@ -1444,8 +1543,8 @@ parameters:
             )],
             &Sources::new(),
         );
-        let desired = compile_host(&model, &Sources::new(), &host("h", &[], json!({})))
-            .expect("compiles");
+        let desired =
+            compile_host(&model, &Sources::new(), &host("h", &[], json!({}))).expect("compiles");
         assert_eq!(
             desired,
             Desired {
@@ -1484,7 +1583,10 @@ parameters:
         assert_eq!(first.len(), hosts.len());
         for host in &hosts[..5] {
             let alone = compile_host(&model, &files, host).expect("compiles");
-            assert_eq!(alone.to_canonical_json(), first[&host.id].to_canonical_json());
+            assert_eq!(
+                alone.to_canonical_json(),
+                first[&host.id].to_canonical_json()
+            );
         }
         // Hosts with the same inputs share a hash; different cores, not.
         let hash = |i: usize| first[&hosts[i].id].content_hash();
@@ -1495,12 +1597,24 @@ parameters:
         assert_ne!(hash(0), hash(1));
         assert_eq!(
             hash(0),
-            compile_host(&model, &files, &hosts[0]).expect("compiles").content_hash()
+            compile_host(&model, &files, &hosts[0])
+                .expect("compiles")
+                .content_hash()
         );
         // A change to one policy's target set changes only its hosts.
         let mut changed = model.clone();
-        changed.policies.get_mut("base").expect("base").targets.selector =
-            Some(Selector([("hostname".to_string(), muster_schemas::model::LabelMatch::One("web-000*".into()))].into()));
+        changed
+            .policies
+            .get_mut("base")
+            .expect("base")
+            .targets
+            .selector = Some(Selector(
+            [(
+                "hostname".to_string(),
+                muster_schemas::model::LabelMatch::One("web-000*".into()),
+            )]
+            .into(),
+        ));
         let after = compile_all(&changed, &files, &hosts).expect("compiles");
         let n_changed = hosts
             .iter()

@@ -396,51 +396,49 @@ impl Reconciler {
         let heads = self.store.bundle_heads().await?;
         let now = now();
         let expiry = i64::try_from(model.fleet.bundles.expiry.as_secs()).unwrap_or(i64::MAX);
-        let names: HashMap<&str, &str> = hosts
+        let names: HashMap<String, String> = hosts
             .iter()
-            .map(|h| (h.id.as_str(), h.name.as_str()))
+            .map(|h| (h.id.clone(), h.name.clone()))
             .collect();
-        let mut bundles = Vec::new();
-        for (host_id, desired) in desired {
-            let content_hash = desired.content_hash();
-            let head = heads.get(&host_id);
-            // Unchanged and far from expiry: the host keeps its bundle.
-            if head
-                .is_some_and(|h| h.content_hash == content_hash && h.expires_at - now > expiry / 2)
-            {
-                continue;
-            }
-            bundles.push(Bundle {
-                host_id: host_id.clone(),
-                host_name: names
-                    .get(host_id.as_str())
-                    .copied()
-                    .unwrap_or_default()
-                    .to_string(),
-                generation: head.map_or(1, |h| h.generation + 1),
-                commit: commit.id.clone(),
-                issued_at: now,
-                expires_at: now.saturating_add(expiry),
-                content_hash,
-                desired,
-            });
-        }
         let key = Arc::clone(&self.key);
+        let commit_id = commit.id.clone();
+        // Hashing and signing thousands of bundles is CPU work: it runs off
+        // the async workers, signing on every core.
         let records = tokio::task::spawn_blocking(move || {
+            let mut bundles = Vec::new();
+            for (host_id, desired) in desired {
+                let content_hash = desired.content_hash();
+                let head = heads.get(&host_id);
+                // Unchanged and far from expiry: the host keeps its bundle.
+                if head.is_some_and(|h| {
+                    h.content_hash == content_hash && h.expires_at - now > expiry / 2
+                }) {
+                    continue;
+                }
+                bundles.push(Bundle {
+                    host_name: names.get(&host_id).cloned().unwrap_or_default(),
+                    host_id,
+                    generation: head.map_or(1, |h| h.generation + 1),
+                    commit: commit_id.clone(),
+                    issued_at: now,
+                    expires_at: now.saturating_add(expiry),
+                    content_hash,
+                    desired,
+                });
+            }
+            let signed = key.sign_all(&bundles);
             bundles
-                .iter()
-                .map(|bundle| {
-                    let signed = key.sign(bundle);
-                    BundleRecord {
-                        host_id: bundle.host_id.clone(),
-                        generation: bundle.generation,
-                        commit_id: bundle.commit.clone(),
-                        content_hash: bundle.content_hash.clone(),
-                        bundle: signed.bundle,
-                        signature: signed.signature,
-                        issued_at: bundle.issued_at,
-                        expires_at: bundle.expires_at,
-                    }
+                .into_iter()
+                .zip(signed)
+                .map(|(bundle, signed)| BundleRecord {
+                    host_id: bundle.host_id,
+                    generation: bundle.generation,
+                    commit_id: bundle.commit,
+                    content_hash: bundle.content_hash,
+                    bundle: signed.bundle,
+                    signature: signed.signature,
+                    issued_at: bundle.issued_at,
+                    expires_at: bundle.expires_at,
                 })
                 .collect::<Vec<_>>()
         })

@@ -36,7 +36,8 @@ pub const PUBLIC_KEY_FILE: &str = "signing.pub";
 const UNTRUSTED_COMMENT: &str = "muster bundle signature";
 
 /// The untrusted comment of the secret key file, for people who find it.
-const SECRET_KEY_COMMENT: &str = "muster controller bundle signing key (unencrypted; keep it mode 0600)";
+const SECRET_KEY_COMMENT: &str =
+    "muster controller bundle signing key (unencrypted; keep it mode 0600)";
 
 /// Below this many bundles, one thread signs them all.
 const MIN_BUNDLES_PER_THREAD: usize = 64;
@@ -159,7 +160,8 @@ impl SigningKey {
     fn from_minisign(secret: &minisign::SecretKey) -> Result<Self, String> {
         let public = minisign::PublicKey::from_secret_key(secret).map_err(|err| err.to_string())?;
         let bytes = secret.to_bytes();
-        let part = |range: std::ops::Range<usize>| bytes.get(range).ok_or("the secret key is too short");
+        let part =
+            |range: std::ops::Range<usize>| bytes.get(range).ok_or("the secret key is too short");
         let seed: [u8; 32] = part(SECRET_SEED)?
             .try_into()
             .map_err(|_| "the secret key is too short")?;
@@ -185,8 +187,9 @@ impl SigningKey {
     /// none; the flag says whether it was created. The public key file is
     /// derived from the secret key and rewritten when missing or different.
     pub fn load_or_create(data_dir: &Path) -> Result<(Self, bool), SigningError> {
-        fs::create_dir_all(data_dir)
-            .map_err(|err| SigningError::io(format!("cannot create {}", data_dir.display()), err))?;
+        fs::create_dir_all(data_dir).map_err(|err| {
+            SigningError::io(format!("cannot create {}", data_dir.display()), err)
+        })?;
         let secret_path = data_dir.join(SECRET_KEY_FILE);
         let (key, created) = match File::open(&secret_path) {
             Ok(file) => (Self::read_secret(file, &secret_path)?, false),
@@ -301,7 +304,12 @@ impl SigningKey {
             let workers: Vec<_> = bundles
                 .chunks(chunk_size)
                 .map(|chunk| {
-                    scope.spawn(move || chunk.iter().map(|bundle| self.sign(bundle)).collect::<Vec<_>>())
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|bundle| self.sign(bundle))
+                            .collect::<Vec<_>>()
+                    })
                 })
                 .collect();
             let mut signed = Vec::with_capacity(bundles.len());
@@ -364,7 +372,10 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), Signi
     drop(file);
     let renamed = written.map_err(|err| failed("write", err)).and_then(|()| {
         fs::rename(&temp, path).map_err(|err| {
-            SigningError::io(format!("cannot rename {} to {}", temp.display(), path.display()), err)
+            SigningError::io(
+                format!("cannot rename {} to {}", temp.display(), path.display()),
+                err,
+            )
         })
     });
     if renamed.is_err() {
@@ -451,11 +462,18 @@ mod tests {
     fn signed_bundles_verify_with_the_public_key_line_and_file() {
         let key = SigningKey::generate().expect("a key");
         let signed = key.sign(&bundle("h-1", 5));
-        assert_eq!(key.try_sign(&bundle("h-1", 5)).expect("signed").bundle, signed.bundle);
+        assert_eq!(
+            key.try_sign(&bundle("h-1", 5)).expect("signed").bundle,
+            signed.bundle
+        );
         let verified = verify(&key.public_key(), &signed, "h-1", 4, NOW).expect("verifies");
         assert_eq!(verified, bundle("h-1", 5));
         verify(&key.public_key_file(), &signed, "h-1", 4, NOW).expect("verifies with the file");
-        let comment = signed.signature.lines().nth(2).expect("trusted comment line");
+        let comment = signed
+            .signature
+            .lines()
+            .nth(2)
+            .expect("trusted comment line");
         assert_eq!(
             comment,
             "trusted comment: muster-bundle host=h-1 generation=5 commit=0123456789abcdef expires=1800003600"
@@ -489,7 +507,11 @@ mod tests {
             false,
         )
         .expect("the reference implementation accepts it");
-        assert!(signed.signature.starts_with("untrusted comment: muster bundle signature\n"));
+        assert!(
+            signed
+                .signature
+                .starts_with("untrusted comment: muster bundle signature\n")
+        );
     }
 
     #[test]
@@ -513,7 +535,10 @@ mod tests {
             signature: signature.join("\n"),
             ..signed.clone()
         };
-        assert_eq!(refused(&forged_comment, "h-1", 4, NOW), BundleError::BadSignature);
+        assert_eq!(
+            refused(&forged_comment, "h-1", 4, NOW),
+            BundleError::BadSignature
+        );
 
         let other = SigningKey::generate().expect("a key");
         let foreign = other.sign(&bundle("h-1", 5));
@@ -549,11 +574,10 @@ mod tests {
         // bundle: only a broken signer makes one.
         let text = bundle("h-1", 5).to_canonical_json_string();
         let mismatched = SignedBundle {
-            signature: key
-                .sign_bytes(
-                    text.as_bytes(),
-                    "muster-bundle host=h-1 generation=9 commit=0123456789abcdef expires=1800003600",
-                ),
+            signature: key.sign_bytes(
+                text.as_bytes(),
+                "muster-bundle host=h-1 generation=9 commit=0123456789abcdef expires=1800003600",
+            ),
             bundle: text,
         };
         assert_eq!(
@@ -563,11 +587,16 @@ mod tests {
             }
         );
         let not_a_bundle = SignedBundle {
-            signature: key
-                .sign_bytes(b"{}", "muster-bundle host=h-1 generation=9 commit=c expires=1"),
+            signature: key.sign_bytes(
+                b"{}",
+                "muster-bundle host=h-1 generation=9 commit=c expires=1",
+            ),
             bundle: "{}".into(),
         };
-        assert_eq!(refused(&not_a_bundle, "h-1", 4, NOW).metric_label(), "malformed");
+        assert_eq!(
+            refused(&not_a_bundle, "h-1", 4, NOW).metric_label(),
+            "malformed"
+        );
         let plain_comment = SignedBundle {
             signature: key.sign_bytes(b"{}", "timestamp:1"),
             bundle: "{}".into(),
@@ -590,7 +619,10 @@ mod tests {
             let signed = key.sign(&bundle(host_id, 1));
             let error = verify(&key.public_key(), &signed, host_id, 0, NOW).expect_err("refused");
             assert!(
-                matches!(error.metric_label(), "malformed_comment" | "malformed_signature"),
+                matches!(
+                    error.metric_label(),
+                    "malformed_comment" | "malformed_signature"
+                ),
                 "{host_id:?}: {error}"
             );
         }
@@ -638,7 +670,9 @@ mod tests {
         let error = SigningKey::load_or_create(&dir.0).expect_err("refused");
         assert_eq!(error.metric_label(), "insecure_key_file");
         assert!(
-            error.to_string().ends_with(&format!("run `chmod 600 {}`", secret_path.display())),
+            error
+                .to_string()
+                .ends_with(&format!("run `chmod 600 {}`", secret_path.display())),
             "{error}"
         );
         fs::write(&secret_path, "not a key\n").expect("written");

@@ -107,9 +107,8 @@ fn canonical_json<T: Serialize>(value: &T) -> String {
     // Serializing into memory cannot fail for these types: they write no
     // map with a non-string key and no non-finite float (serde_json values
     // cannot hold one).
-    serde_json::to_string(value).unwrap_or_else(|err| {
-        unreachable!("bundle types always serialize to JSON: {err}")
-    })
+    serde_json::to_string(value)
+        .unwrap_or_else(|err| unreachable!("bundle types always serialize to JSON: {err}"))
 }
 
 impl Desired {
@@ -184,10 +183,7 @@ impl TrustedComment {
     /// characters.
     pub fn is_representable(&self) -> bool {
         let word = |text: &str| {
-            !text.is_empty()
-                && text
-                    .chars()
-                    .all(|c| !c.is_whitespace() && !c.is_control())
+            !text.is_empty() && text.chars().all(|c| !c.is_whitespace() && !c.is_control())
         };
         word(&self.host_id) && word(&self.commit)
     }
@@ -292,13 +288,15 @@ impl fmt::Display for BundleError {
             BundleError::InvalidPublicKey => f.write_str(
                 "the pinned controller key is not a minisign public key: enroll the host again",
             ),
-            BundleError::MalformedSignature => f.write_str("bundle signature is not a minisign signature"),
-            BundleError::UnknownKey => f.write_str(
-                "bundle is signed by another key than the pinned controller key",
-            ),
-            BundleError::BadSignature => {
-                f.write_str("bundle signature does not verify: the bundle was altered or signed by another key")
+            BundleError::MalformedSignature => {
+                f.write_str("bundle signature is not a minisign signature")
             }
+            BundleError::UnknownKey => {
+                f.write_str("bundle is signed by another key than the pinned controller key")
+            }
+            BundleError::BadSignature => f.write_str(
+                "bundle signature does not verify: the bundle was altered or signed by another key",
+            ),
             BundleError::MalformedComment(why) => {
                 write!(f, "bundle signature's trusted comment is malformed: {why}")
             }
@@ -307,7 +305,10 @@ impl fmt::Display for BundleError {
                 write!(f, "bundle {field} differs from the signed trusted comment")
             }
             BundleError::WrongHost { expected, found } => {
-                write!(f, "bundle is for host `{found}`, not for this host `{expected}`")
+                write!(
+                    f,
+                    "bundle is for host `{found}`, not for this host `{expected}`"
+                )
             }
             BundleError::OldGeneration {
                 generation,
