@@ -22,6 +22,7 @@ use muster_schemas::{Diagnostic, Severity};
 use tokio::sync::Notify;
 
 use crate::compile::{self, HostInput, SourceFiles};
+use crate::server::cache::Caches;
 use crate::server::hub::Hub;
 use crate::server::now;
 use crate::signing::SigningKey;
@@ -124,6 +125,7 @@ pub struct Reconciler {
     source: Arc<Mutex<GitSource>>,
     key: Arc<SigningKey>,
     hub: Arc<Hub>,
+    caches: Arc<Caches>,
     fetch_interval: Duration,
     deployed: tokio::sync::Mutex<Option<Deployed>>,
     last_fetch: Mutex<Option<tokio::time::Instant>>,
@@ -143,6 +145,7 @@ impl Reconciler {
         source: GitSource,
         key: Arc<SigningKey>,
         hub: Arc<Hub>,
+        caches: Arc<Caches>,
         fetch_interval: Duration,
     ) -> Self {
         Reconciler {
@@ -150,6 +153,7 @@ impl Reconciler {
             source: Arc::new(Mutex::new(source)),
             key,
             hub,
+            caches,
             fetch_interval,
             deployed: tokio::sync::Mutex::new(None),
             last_fetch: Mutex::new(None),
@@ -451,6 +455,8 @@ impl Reconciler {
             return Ok(0);
         }
         self.store.publish(commit, &records).await?;
+        // Cache first, then wake: woken long polls answer from the cache.
+        self.caches.put_bundles(&records);
         self.hub
             .publish(records.iter().map(|r| (r.host_id.as_str(), r.generation)));
         Ok(records.len())
@@ -484,17 +490,22 @@ impl Reconciler {
     /// after the deploy) and hosts whose bundle nears expiry a fresh one
     /// from the commit in force.
     async fn converge_hosts(&self) -> Result<(), ReconcileError> {
+        // The sweep also refreshes the request path's caches, so that
+        // approvals, rejections and removals made by the CLI, and bundles
+        // published by another replica, reach them within a sweep.
+        let hosts = self.store.hosts().await?;
+        let heads = self.store.bundle_heads().await?;
+        self.caches.replace_hosts(&hosts);
+        self.caches.retain_current_bundles(&heads);
         let Some(deployed) = self.deployed_state().await? else {
             return Ok(());
         };
-        let heads = self.store.bundle_heads().await?;
         let now = now();
         let expiry =
             i64::try_from(deployed.model.fleet.bundles.expiry.as_secs()).unwrap_or(i64::MAX);
-        let due: Vec<HostRecord> = self
-            .approved_hosts()
-            .await?
+        let due: Vec<HostRecord> = hosts
             .into_iter()
+            .filter(|host| host.state == HostState::Approved)
             .filter(|host| {
                 heads
                     .get(&host.id)

@@ -256,11 +256,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     let key = Arc::new(key);
     let hub = Arc::new(server::hub::Hub::default());
+    let caches = Arc::new(server::cache::Caches::default());
     let trigger = Trigger::default();
     let public_key: Arc<str> = key.public_key().into();
     let state = AppState {
         store: store.clone(),
         hub: Arc::clone(&hub),
+        caches: Arc::clone(&caches),
         nonces: Arc::default(),
         public_key: Arc::clone(&public_key),
         trigger: trigger.clone(),
@@ -278,6 +280,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         source,
         Arc::clone(&key),
         Arc::clone(&hub),
+        Arc::clone(&caches),
         config.fetch_interval,
     ));
     let (shutdown, watch) = tokio::sync::watch::channel(false);

@@ -10,12 +10,14 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use muster_schemas::bundle::SignedBundle;
 use muster_schemas::protocol::{EnrollRequest, EnrollResponse, HostState, Report, RunStatus};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use std::sync::Arc;
+
 use super::auth::authenticate;
+use super::cache::{CachedBundle, CachedHost};
 use super::{ApiError, AppState, now};
 use crate::store::{EnrollRefusal, HostRecord};
 
@@ -132,7 +134,7 @@ struct BundleQuery {
 }
 
 /// Refuses requests for another host's data, and hosts that may not get any.
-fn own_and_approved(host: &HostRecord, id: &str) -> Result<(), ApiError> {
+fn own_and_approved(host: &CachedHost, id: &str) -> Result<(), ApiError> {
     if host.id != id {
         return Err(ApiError::forbidden("a host can only read its own data"));
     }
@@ -154,21 +156,12 @@ async fn bundle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let host = authenticate(
-        &state.store,
-        &state.nonces,
-        &method,
-        &uri,
-        &headers,
-        &body,
-        now(),
-    )
-    .await?;
+    let host = authenticate(&state, &method, &uri, &headers, &body, now()).await?;
     own_and_approved(&host, &id)?;
     // Subscribe before reading, so that a publication in between wakes us.
     let mut published = state.hub.subscribe(&host.id);
     if let Some(signed) = newer_bundle(&state, &host.id, query.generation).await? {
-        return Ok(axum::Json(signed).into_response());
+        return Ok(bundle_response(&signed));
     }
     let wait = Duration::from_secs(query.wait).min(state.long_poll_limit);
     let deadline = tokio::time::Instant::now() + wait;
@@ -177,26 +170,38 @@ async fn bundle(
         .is_ok_and(|r| r.is_ok())
     {
         if let Some(signed) = newer_bundle(&state, &host.id, query.generation).await? {
-            return Ok(axum::Json(signed).into_response());
+            return Ok(bundle_response(&signed));
         }
     }
     Ok(StatusCode::NOT_MODIFIED.into_response())
 }
 
+/// The host's bundle when it is newer than `have`: from the cache, or
+/// read once from the database and cached.
 async fn newer_bundle(
     state: &AppState,
     host_id: &str,
     have: u64,
-) -> Result<Option<SignedBundle>, ApiError> {
-    Ok(state
-        .store
-        .bundle(host_id)
-        .await?
-        .filter(|record| record.generation > have)
-        .map(|record| SignedBundle {
-            bundle: record.bundle,
-            signature: record.signature,
-        }))
+) -> Result<Option<Arc<CachedBundle>>, ApiError> {
+    let cached = match state.caches.bundle(host_id) {
+        Some(cached) => cached,
+        None => match state.store.bundle(host_id).await? {
+            Some(record) => {
+                state.caches.put_bundles([&record]);
+                Arc::new(CachedBundle::from_record(&record))
+            }
+            None => return Ok(None),
+        },
+    };
+    Ok((cached.generation > have).then_some(cached))
+}
+
+fn bundle_response(bundle: &CachedBundle) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bundle.body.clone(),
+    )
+        .into_response()
 }
 
 async fn report(
@@ -208,16 +213,7 @@ async fn report(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let now = now();
-    let host = authenticate(
-        &state.store,
-        &state.nonces,
-        &method,
-        &uri,
-        &headers,
-        &body,
-        now,
-    )
-    .await?;
+    let host = authenticate(&state, &method, &uri, &headers, &body, now).await?;
     if host.id != id {
         return Err(ApiError::forbidden("a host can only report for itself"));
     }

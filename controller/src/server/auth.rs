@@ -7,13 +7,13 @@
 //! key: the host id header only says which key to try.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, Method, Uri};
 use muster_schemas::protocol::auth::{self, MAX_SKEW_SECS};
 
-use super::ApiError;
-use crate::store::{HostRecord, Store};
+use super::cache::CachedHost;
+use super::{ApiError, AppState};
 
 /// Nonces seen recently, per host; entries expire once their timestamp
 /// falls out of the accepted window, so memory stays bounded by the
@@ -53,14 +53,13 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiError> {
 
 /// Checks a request's signature and returns the host that sent it.
 pub async fn authenticate(
-    store: &Store,
-    nonces: &NonceCache,
+    state: &AppState,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
     now: i64,
-) -> Result<HostRecord, ApiError> {
+) -> Result<Arc<CachedHost>, ApiError> {
     let host_id = header(headers, auth::HEADER_HOST)?;
     let timestamp: i64 = header(headers, auth::HEADER_TIMESTAMP)?
         .parse()
@@ -81,15 +80,23 @@ pub async fn authenticate(
             "the nonce must be 16 to 128 letters, digits, `-` or `_`",
         ));
     }
-    let host = store
-        .host(host_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("unknown host or bad signature"))?;
-    let key =
-        hex::decode(&host.key).map_err(|_| ApiError::internal("stored host key is not hex"))?;
+    let host = match state.caches.host(host_id) {
+        Some(host) => host,
+        None => {
+            let record = state
+                .store
+                .host(host_id)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("unknown host or bad signature"))?;
+            let host = CachedHost::from_record(&record)
+                .ok_or_else(|| ApiError::internal("stored host key is not hex"))?;
+            state.caches.put_host(host.clone());
+            Arc::new(host)
+        }
+    };
     let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
     if !auth::verify(
-        &key,
+        &host.key,
         method.as_str(),
         path_and_query,
         timestamp,
@@ -101,7 +108,7 @@ pub async fn authenticate(
     }
     // Only a verified request may burn a nonce: otherwise anyone could
     // block a host's future nonces by sending them first.
-    if !nonces.insert(&host.id, nonce, timestamp, now) {
+    if !state.nonces.insert(&host.id, nonce, timestamp, now) {
         return Err(ApiError::unauthorized(
             "nonce already used: requests cannot be replayed",
         ));

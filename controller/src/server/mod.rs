@@ -7,6 +7,7 @@
 
 pub mod agent_api;
 pub mod auth;
+pub mod cache;
 pub mod hooks;
 pub mod hub;
 
@@ -26,6 +27,8 @@ use crate::store::{Store, StoreError};
 pub struct AppState {
     pub store: Store,
     pub hub: Arc<hub::Hub>,
+    /// Hosts' keys and bundles, so that most agent requests need no query.
+    pub caches: Arc<cache::Caches>,
     pub nonces: Arc<auth::NonceCache>,
     /// The minisign public key agents pin.
     pub public_key: Arc<str>,

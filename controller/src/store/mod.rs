@@ -181,6 +181,10 @@ pub struct Store {
     backend: Backend,
 }
 
+/// Rows per statement when publishing bundles (8 parameters each, well
+/// under the limits of SQLite and PostgreSQL).
+const PUBLISH_BATCH: usize = 250;
+
 /// The default database: a SQLite file in the data dir.
 pub fn sqlite_url(data_dir: &Path) -> String {
     format!("sqlite://{}?mode=rwc", data_dir.join("muster.db").display())
@@ -309,34 +313,56 @@ impl Store {
     /// (generations never go backwards, even with two writers).
     pub async fn publish(&self, commit: &CommitRecord, bundles: &[BundleRecord]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for bundle in bundles {
-            let generation = i64::try_from(bundle.generation)
-                .map_err(|_| StoreError::Corrupt("generation out of range".into()))?;
-            let result = sqlx::query(
-                "INSERT INTO bundles (host_id, generation, commit_id, content_hash, bundle, signature, issued_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (host_id) DO UPDATE SET
+        // Many rows per statement: a publication to thousands of hosts is a
+        // few dozen round trips, not thousands.
+        for chunk in bundles.chunks(PUBLISH_BATCH) {
+            let mut sql = String::from(
+                "INSERT INTO bundles (host_id, generation, commit_id, content_hash, bundle, signature, issued_at, expires_at) VALUES ",
+            );
+            for row in 0..chunk.len() {
+                let n = row * 8;
+                if row > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6,
+                    n + 7,
+                    n + 8
+                ));
+            }
+            sql.push_str(
+                " ON CONFLICT (host_id) DO UPDATE SET
                     generation = excluded.generation, commit_id = excluded.commit_id,
                     content_hash = excluded.content_hash, bundle = excluded.bundle,
                     signature = excluded.signature, issued_at = excluded.issued_at,
                     expires_at = excluded.expires_at
                  WHERE bundles.generation < excluded.generation",
-            )
-            .bind(&bundle.host_id)
-            .bind(generation)
-            .bind(&bundle.commit_id)
-            .bind(&bundle.content_hash)
-            .bind(&bundle.bundle)
-            .bind(&bundle.signature)
-            .bind(bundle.issued_at)
-            .bind(bundle.expires_at)
-            .execute(&mut *tx)
-            .await?;
-            if result.rows_affected() != 1 {
-                return Err(StoreError::Conflict(format!(
-                    "bundle generation {} for host {} is not newer than the stored one",
-                    bundle.generation, bundle.host_id
-                )));
+            );
+            let mut query = sqlx::query(&sql);
+            for bundle in chunk {
+                let generation = i64::try_from(bundle.generation)
+                    .map_err(|_| StoreError::Corrupt("generation out of range".into()))?;
+                query = query
+                    .bind(&bundle.host_id)
+                    .bind(generation)
+                    .bind(&bundle.commit_id)
+                    .bind(&bundle.content_hash)
+                    .bind(&bundle.bundle)
+                    .bind(&bundle.signature)
+                    .bind(bundle.issued_at)
+                    .bind(bundle.expires_at);
+            }
+            let result = query.execute(&mut *tx).await?;
+            if result.rows_affected() != chunk.len() as u64 {
+                return Err(StoreError::Conflict(
+                    "a bundle generation is not newer than the stored one: another writer published; retrying".into(),
+                ));
             }
         }
         upsert_commit(&mut *tx, commit).await?;

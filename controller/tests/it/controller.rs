@@ -259,7 +259,18 @@ backends!(pending_hosts_get_nothing_until_approved, |db: TestDb| {
             .set_host_state(&host.host_id, muster_schemas::protocol::HostState::Approved)
             .await
             .unwrap();
-        let bundle = verify(&harness, &host.host_id, &host.bundle_after(0).await, 0);
+        // The controller notices within a sweep; until then the host is
+        // still refused, never served something it may not have.
+        let signed = eventually("the approved host to get its bundle", || async {
+            let response = host.bundle_request(0, 1).await;
+            match response.status().as_u16() {
+                200 => Some(response.json().await.unwrap()),
+                403 | 304 => None,
+                other => panic!("unexpected {other}"),
+            }
+        })
+        .await;
+        let bundle = verify(&harness, &host.host_id, &signed, 0);
         assert_eq!(bundle.host_id, host.host_id);
         harness.stop().await;
     }
@@ -621,6 +632,37 @@ backends!(
                 harness.commit_state(&good).await.state,
                 CommitState::Deployed
             );
+            harness.stop().await;
+        }
+    }
+);
+
+backends!(
+    removed_and_rejected_hosts_lose_access_within_a_sweep,
+    |db: TestDb| {
+        async move {
+            let harness = Harness::start(db).await;
+            let token = harness.token(2, true, &[("role", "web")], 3600).await;
+            let kept = harness.enroll(&token, "web-01").await;
+            let removed = harness.enroll(&token, "web-02").await;
+            kept.bundle_after(0).await;
+            removed.bundle_after(0).await;
+            // As `muster hosts reject` and `muster hosts remove` do it, from
+            // another process: the controller's caches catch up by themselves.
+            harness
+                .store
+                .set_host_state(&kept.host_id, muster_schemas::protocol::HostState::Rejected)
+                .await
+                .unwrap();
+            assert!(harness.store.remove_host(&removed.host_id).await.unwrap());
+            eventually("the rejected host to be refused", || async {
+                (kept.bundle_request(0, 0).await.status() == 403).then_some(())
+            })
+            .await;
+            eventually("the removed host to be unknown", || async {
+                (removed.bundle_request(0, 0).await.status() == 401).then_some(())
+            })
+            .await;
             harness.stop().await;
         }
     }
