@@ -4,6 +4,9 @@
 //! The agent links only `muster-schemas` and its own small set of crates:
 //! never git2, sqlx or axum.
 
+pub mod command;
+pub mod resources;
+
 use std::process::ExitCode;
 
 use clap::Parser;
