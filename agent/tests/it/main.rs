@@ -1,6 +1,9 @@
-//! The agent's integration tests, one binary: the resource engine on temp
+//! The agent's integration tests, one binary: `check`/`apply` run as a
+//! user would (`local`), the state dir (`state`), the resource engine on temp
 //! roots with stand-in system tools (`resources`), sharing the helpers in
 //! `support`.
 
+mod local;
 mod resources;
+mod state;
 mod support;
