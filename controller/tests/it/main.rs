@@ -1,6 +1,7 @@
 //! Integration tests of the `muster` command and the controller library.
 
 mod admin;
+mod agents;
 mod cli;
 mod controller;
 mod corpus;
