@@ -34,8 +34,12 @@ pub fn ago(unix: i64, now: i64) -> String {
     }
 }
 
-/// Prints rows as aligned columns.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+/// Prints rows as aligned columns, or `empty` when there are none.
+fn table(header: &[&str], rows: &[Vec<String>], empty: &str) {
+    if rows.is_empty() {
+        println!("{empty}");
+        return;
+    }
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -57,6 +61,15 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     for row in rows {
         line(row.clone());
     }
+}
+
+/// Labels as `key=value,key=value`.
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn random_token() -> Result<(String, String), Error> {
@@ -116,23 +129,15 @@ pub async fn token(command: TokenCommand) -> Result<ExitCode, Error> {
                         format!("{}/{}", token.uses, token.max_uses),
                         format_time(token.expires_at),
                         if token.auto_approve { "yes" } else { "no" }.into(),
-                        token
-                            .labels
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(","),
+                        labels_text(&token.labels),
                     ]
                 })
                 .collect();
-            if rows.is_empty() {
-                println!("no tokens yet: create one with `muster token create`");
-            } else {
-                table(
-                    &["ID", "STATE", "USES", "EXPIRES", "AUTO-APPROVE", "LABELS"],
-                    &rows,
-                );
-            }
+            table(
+                &["ID", "STATE", "USES", "EXPIRES", "AUTO-APPROVE", "LABELS"],
+                &rows,
+                "no tokens yet: create one with `muster token create`",
+            );
             store.close().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -199,15 +204,7 @@ async fn create_token(args: TokenCreateArgs) -> Result<ExitCode, Error> {
         if record.labels.is_empty() {
             String::new()
         } else {
-            format!(
-                ", labels {}",
-                record
-                    .labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
+            format!(", labels {}", labels_text(&record.labels))
         }
     );
     println!("The token is shown only now. Enroll a host with:");
@@ -281,24 +278,17 @@ async fn list_hosts(data: &DataArgs) -> Result<ExitCode, Error> {
                     host.applied_generation.to_string()
                 },
                 host.last_seen_at.map_or("never".into(), |t| ago(t, now)),
-                host.labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
+                labels_text(&host.labels),
             ]
         })
         .collect();
-    if rows.is_empty() {
-        println!("no hosts yet: create a token with `muster token create` and enroll a host");
-    } else {
-        table(
-            &[
-                "NAME", "STATE", "STATUS", "BUNDLE", "APPLIED", "SEEN", "LABELS",
-            ],
-            &rows,
-        );
-    }
+    table(
+        &[
+            "NAME", "STATE", "STATUS", "BUNDLE", "APPLIED", "SEEN", "LABELS",
+        ],
+        &rows,
+        "no hosts yet: create a token with `muster token create` and enroll a host",
+    );
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -406,14 +396,11 @@ pub async fn commits(command: CommitsCommand) -> Result<ExitCode, Error> {
                     ]
                 })
                 .collect();
-            if rows.is_empty() {
-                println!("no commits tried yet: is `muster serve` running?");
-            } else {
-                table(
-                    &["COMMIT", "STATE", "HOSTS", "TRIED", "AUTHOR", "SUMMARY"],
-                    &rows,
-                );
-            }
+            table(
+                &["COMMIT", "STATE", "HOSTS", "TRIED", "AUTHOR", "SUMMARY"],
+                &rows,
+                "no commits tried yet: is `muster serve` running?",
+            );
             store.close().await;
             Ok(ExitCode::SUCCESS)
         }
