@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_schemas::bundle::{self, Bundle, SignedBundle};
-use muster_schemas::protocol::{Report, ResourceReport, ResourceStatus, RunStatus};
+use muster_schemas::protocol::{CheckReport, Report, ResourceReport, ResourceStatus, RunStatus};
+
+use crate::checks::run_checks;
 use tokio::time::{Instant, sleep_until};
 
 use crate::client::{Client, Delivery, LONG_POLL_SECS, Poll, random_duration, unix_now};
@@ -310,7 +312,7 @@ impl Agent {
             "applying a new bundle"
         );
         let started_at = unix_now();
-        let resources = self.converge(&bundle, false).await;
+        let (resources, checks) = self.converge(&bundle, false).await;
         let finished_at = unix_now();
         // The commit point: see the module docs for why it comes after the
         // converge run. The bundle goes first, so that a crash between the
@@ -329,7 +331,7 @@ impl Agent {
         self.applied = applied;
         self.last_refusal = None;
         let status = run_status(&resources);
-        let report = report(&bundle, status, started_at, finished_at, resources);
+        let report = report(&bundle, status, started_at, finished_at, resources, checks);
         self.in_force = Some(bundle);
         self.submit(report).await;
         Ok(())
@@ -350,30 +352,40 @@ impl Agent {
                 "the bundle in force has expired: it is not applied again until the controller issues a fresh one"
             );
         }
-        let resources = self.converge(&bundle, expired).await;
+        let (resources, checks) = self.converge(&bundle, expired).await;
         let status = if expired {
             RunStatus::Stale
         } else {
             run_status(&resources)
         };
-        let report = report(&bundle, status, started_at, unix_now(), resources);
+        let report = report(&bundle, status, started_at, unix_now(), resources, checks);
         self.submit(report).await;
     }
 
     /// Converges on the blocking pool: resources do blocking file and
     /// process I/O, and the runtime must still notice signals.
-    async fn converge(&self, bundle: &Bundle, dry_run: bool) -> Vec<ResourceReport> {
+    /// Then runs the compliance checks, which only look.
+    async fn converge(
+        &self,
+        bundle: &Bundle,
+        dry_run: bool,
+    ) -> (Vec<ResourceReport>, Vec<CheckReport>) {
         let ctx = Arc::clone(&self.ctx);
         let desired = bundle.desired.clone();
-        let resources =
-            tokio::task::spawn_blocking(move || converge(&desired, &ctx, dry_run)).await;
-        let resources = resources.unwrap_or_else(|err| {
-            vec![ResourceReport {
+        let outcome = tokio::task::spawn_blocking(move || {
+            let resources = converge(&desired, &ctx, dry_run);
+            let checks = run_checks(&desired.checks, &ctx);
+            (resources, checks)
+        })
+        .await;
+        let (resources, checks) = outcome.unwrap_or_else(|err| {
+            let failed = ResourceReport {
                 id: "bundle".into(),
                 status: ResourceStatus::Failed,
                 message: Some(format!("the converge run stopped: {err}")),
                 diff: None,
-            }]
+            };
+            (vec![failed], Vec::new())
         });
         let count = |status| resources.iter().filter(|r| r.status == status).count();
         tracing::info!(
@@ -382,9 +394,10 @@ impl Agent {
             changed = count(ResourceStatus::Changed),
             drifted = count(ResourceStatus::Drifted),
             failed = count(ResourceStatus::Failed),
+            checks_failing = checks.iter().filter(|c| !c.passed).count(),
             "converge run done"
         );
-        resources
+        (resources, checks)
     }
 
     /// Adds facts and metrics, queues the report on disk and sends the

@@ -5,6 +5,7 @@
 //! never git2, sqlx or axum.
 
 pub mod agent;
+pub mod checks;
 pub mod client;
 pub mod command;
 pub mod config;

@@ -1,7 +1,7 @@
 //! Building reports from converge runs, and printing them for people.
 
 use muster_schemas::bundle::Bundle;
-use muster_schemas::protocol::{Report, ResourceReport, ResourceStatus, RunStatus};
+use muster_schemas::protocol::{CheckReport, Report, ResourceReport, ResourceStatus, RunStatus};
 
 /// The status of a run: failing when a resource failed, drifted when one
 /// differs and was left alone, else in sync (changed resources were
@@ -26,6 +26,7 @@ pub fn report(
     started_at: i64,
     finished_at: i64,
     resources: Vec<ResourceReport>,
+    checks: Vec<CheckReport>,
 ) -> Report {
     Report {
         generation: bundle.generation,
@@ -34,9 +35,7 @@ pub fn report(
         started_at,
         finished_at,
         resources,
-        // Compliance checks are run by their own engine, which does not
-        // exist yet; an empty list claims nothing.
-        checks: Vec::new(),
+        checks,
         facts: None,
         metrics: None,
     }

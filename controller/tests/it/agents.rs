@@ -141,6 +141,16 @@ backends!(agents_converge_what_the_commit_says, |db: TestDb| {
             .await;
             let bundle = harness.store.bundle(&host.id).await.unwrap().unwrap();
             assert_eq!(host.applied_generation, bundle.generation, "{name}");
+            // The report carries the compliance checks the host's policies declare.
+            let (_, body) = harness.store.reports(&host.id, 1).await.unwrap().remove(0);
+            let report: muster_schemas::protocol::Report = serde_json::from_str(&body).unwrap();
+            let checks: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+            assert!(checks.contains(&"sshd-no-root-login"), "{name}: {checks:?}");
+            assert_eq!(
+                checks.contains(&"nginx-config-valid"),
+                name == "web-01",
+                "{name}: {checks:?}"
+            );
         }
         harness.stop().await;
         let _ = std::fs::remove_dir_all(&base);
