@@ -80,11 +80,11 @@ fn getent(ctx: &Context, database: &str, name: &str) -> Result<Option<Vec<String
         }
         // getent: 2 means "not found".
         Some(2) => Ok(None),
-        _ => Err(Failure::new(format!(
-            "`getent {database} {name}` {}{}",
-            output.termination,
-            output.summary(super::MESSAGE_OUTPUT_LIMIT)
-        ))),
+        _ => Err(Failure::tool(
+            &format!("getent {database} {name}"),
+            &output,
+            "",
+        )),
     }
 }
 
@@ -232,11 +232,7 @@ pub(crate) fn run_tool(ctx: &Context, argv: Vec<String>) -> Result<(), Failure> 
     if output.success() {
         Ok(())
     } else {
-        Err(Failure::new(format!(
-            "`{shown}` {}{}",
-            output.termination,
-            output.summary(super::MESSAGE_OUTPUT_LIMIT)
-        )))
+        Err(Failure::tool(&shown, &output, ""))
     }
 }
 

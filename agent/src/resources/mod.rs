@@ -316,6 +316,17 @@ impl Failure {
         Failure(message.into())
     }
 
+    /// A tool that did not do what was asked: the command as shown, how it
+    /// ended, `note` (such as ": is the unit installed?"), and its output,
+    /// bounded.
+    pub(crate) fn tool(shown: &str, output: &crate::command::Output, note: &str) -> Failure {
+        Failure(format!(
+            "`{shown}` {}{note}{}",
+            output.termination,
+            output.summary(MESSAGE_OUTPUT_LIMIT)
+        ))
+    }
+
     /// Maps an I/O error to a failure that says what was being done.
     pub(crate) fn io(doing: impl fmt::Display) -> impl FnOnce(io::Error) -> Failure {
         move |err| Failure(format!("{doing}: {err}"))

@@ -22,7 +22,7 @@ use muster_schemas::model::{PackageEnsure, PackageSpec};
 
 use crate::command::{Command, find_program};
 
-use super::{CheckApply, Context, Failure, MESSAGE_OUTPUT_LIMIT, Outcome, SANDBOXED, outcome_of};
+use super::{CheckApply, Context, Failure, Outcome, SANDBOXED, outcome_of};
 
 /// The package tools in use on a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +82,7 @@ fn check_apply(spec: &PackageSpec, ctx: &Context, apply: bool) -> Result<Outcome
     let shown = command.display();
     let output = command.run()?;
     if !output.success() {
-        return Err(Failure::new(format!(
-            "`{shown}` {}{}",
-            output.termination,
-            output.summary(MESSAGE_OUTPUT_LIMIT)
-        )));
+        return Err(Failure::tool(&shown, &output, ""));
     }
     // Trust, then verify: apt and dnf can succeed without installing what
     // was asked (a held package, a repository without that version).
@@ -236,11 +232,7 @@ fn query(ctx: &Context, manager: PackageManager, name: &str) -> Result<Installed
             .map_or(Installed::No, |version| {
                 Installed::Yes(version.trim().to_string())
             })),
-        _ => Err(Failure::new(format!(
-            "`{shown}` {}{}",
-            output.termination,
-            output.summary(MESSAGE_OUTPUT_LIMIT)
-        ))),
+        _ => Err(Failure::tool(&shown, &output, "")),
     }
 }
 
@@ -271,11 +263,7 @@ fn newer_available(
             let shown = command.display();
             let output = command.run()?;
             if !output.success() {
-                return Err(Failure::new(format!(
-                    "`{shown}` {}{}",
-                    output.termination,
-                    output.summary(MESSAGE_OUTPUT_LIMIT)
-                )));
+                return Err(Failure::tool(&shown, &output, ""));
             }
             let candidate = output
                 .stdout
@@ -306,11 +294,7 @@ fn newer_available(
                         .unwrap_or("a newer version")
                         .to_string(),
                 )),
-                _ => Err(Failure::new(format!(
-                    "`{shown}` {}{}",
-                    output.termination,
-                    output.summary(MESSAGE_OUTPUT_LIMIT)
-                ))),
+                _ => Err(Failure::tool(&shown, &output, "")),
             }
         }
     }

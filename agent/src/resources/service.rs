@@ -10,9 +10,7 @@
 
 use muster_schemas::model::{ServiceSpec, ServiceState};
 
-use super::{
-    CheckApply, Context, Differences, Failure, MESSAGE_OUTPUT_LIMIT, Outcome, SANDBOXED, outcome_of,
-};
+use super::{CheckApply, Context, Differences, Failure, Outcome, SANDBOXED, outcome_of};
 
 /// A service with the ids of resources that changed in this run and are
 /// named in its `restart_on`.
@@ -142,11 +140,11 @@ fn is_active(ctx: &Context, unit: &str) -> Result<bool, Failure> {
     match state {
         "active" | "reloading" | "activating" => Ok(true),
         "inactive" | "failed" | "deactivating" | "unknown" | "dead" => Ok(false),
-        _ => Err(Failure::new(format!(
-            "`systemctl is-active {unit}` {} with unexpected output `{state}`{}",
-            output.termination,
-            output.summary(MESSAGE_OUTPUT_LIMIT)
-        ))),
+        _ => Err(Failure::tool(
+            &format!("systemctl is-active {unit}"),
+            &output,
+            &format!(" with unexpected output `{state}`"),
+        )),
     }
 }
 
@@ -158,11 +156,11 @@ fn is_enabled(ctx: &Context, unit: &str) -> Result<Enablement, Failure> {
         "disabled" => Ok(Enablement::Disabled),
         "masked" | "masked-runtime" => Ok(Enablement::Masked),
         "static" | "indirect" | "generated" | "transient" => Ok(Enablement::NotSwitchable),
-        _ => Err(Failure::new(format!(
-            "`systemctl is-enabled {unit}` {}: is the unit installed?{}",
-            output.termination,
-            output.summary(MESSAGE_OUTPUT_LIMIT)
-        ))),
+        _ => Err(Failure::tool(
+            &format!("systemctl is-enabled {unit}"),
+            &output,
+            ": is the unit installed?",
+        )),
     }
 }
 
@@ -171,10 +169,10 @@ fn systemctl(ctx: &Context, action: &str, unit: &str) -> Result<(), Failure> {
     if output.success() {
         Ok(())
     } else {
-        Err(Failure::new(format!(
-            "`systemctl {action} {unit}` {}{}",
-            output.termination,
-            output.summary(MESSAGE_OUTPUT_LIMIT)
-        )))
+        Err(Failure::tool(
+            &format!("systemctl {action} {unit}"),
+            &output,
+            "",
+        ))
     }
 }
