@@ -10,7 +10,7 @@
 //! host, it is recorded as rejected with its diagnostics and the last good
 //! commit stays in force.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -493,9 +493,9 @@ impl Reconciler {
         // The sweep also refreshes the request path's caches, so that
         // approvals, rejections and removals made by the CLI, and bundles
         // published by another replica, reach them within a sweep.
-        let hosts = self.store.hosts().await?;
+        let keys = self.store.host_keys().await?;
         let heads = self.store.bundle_heads().await?;
-        self.caches.replace_hosts(&hosts);
+        self.caches.replace_hosts(&keys);
         self.caches.retain_current_bundles(&heads);
         let Some(deployed) = self.deployed_state().await? else {
             return Ok(());
@@ -503,14 +503,26 @@ impl Reconciler {
         let now = now();
         let expiry =
             i64::try_from(deployed.model.fleet.bundles.expiry.as_secs()).unwrap_or(i64::MAX);
-        let due: Vec<HostRecord> = hosts
-            .into_iter()
+        let due_ids: HashSet<&str> = keys
+            .iter()
             .filter(|host| host.state == HostState::Approved)
             .filter(|host| {
                 heads
                     .get(&host.id)
                     .is_none_or(|h| h.expires_at - now <= expiry / 2)
             })
+            .map(|host| host.id.as_str())
+            .collect();
+        if due_ids.is_empty() {
+            return Ok(());
+        }
+        // Full records (labels, facts) only when some host needs a bundle.
+        let due: Vec<HostRecord> = self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .filter(|host| host.state == HostState::Approved && due_ids.contains(host.id.as_str()))
             .collect();
         if due.is_empty() {
             return Ok(());

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::Path;
 
 use muster_schemas::load::{self, MAX_FILE_BYTES};
-use muster_schemas::{Diagnostic, ParsedFile, Validation};
+use muster_schemas::{ParsedFile, Validation};
 
 use crate::Error;
 
@@ -68,17 +68,7 @@ pub fn read_dir(root: &Path) -> Result<Snapshot, Error> {
                 }
                 snapshot.repo_files.insert(path);
             } else if file_type.is_symlink() && load::is_fleet_file(&path) {
-                snapshot.fleet_files.push(ParsedFile {
-                    diagnostics: vec![
-                        Diagnostic::file_error(
-                            &path,
-                            "fleet file is a symbolic link, and links are not followed",
-                        )
-                        .with_hint(Some("replace the link with the file itself")),
-                    ],
-                    path,
-                    documents: Vec::new(),
-                });
+                snapshot.fleet_files.push(load::symlinked(&path));
             }
         }
     }

@@ -24,7 +24,6 @@ use git2::{
 };
 use muster_schemas::load::{self, MAX_FILE_BYTES};
 use muster_schemas::model::AllowedSigner;
-use muster_schemas::{Diagnostic, ParsedFile};
 use ssh_key::{PublicKey, SshSig};
 
 use crate::repo::Snapshot;
@@ -385,7 +384,7 @@ impl GitSource {
                         snapshot.repo_files.insert(path);
                     }
                     MODE_SYMLINK if load::is_fleet_file(&path) => {
-                        snapshot.fleet_files.push(symlink_file(path));
+                        snapshot.fleet_files.push(load::symlinked(&path));
                     }
                     // Left out: dot-directories, links that are not fleet
                     // files, and submodules (0o160000), which name commits
@@ -832,20 +831,6 @@ fn normalize_file_path(path: &str) -> Option<String> {
         }
     }
     (!parts.is_empty()).then(|| parts.join("/"))
-}
-
-fn symlink_file(path: String) -> ParsedFile {
-    ParsedFile {
-        diagnostics: vec![
-            Diagnostic::file_error(
-                &path,
-                "fleet file is a symbolic link, and links are not followed",
-            )
-            .with_hint(Some("replace the link with the file itself")),
-        ],
-        path,
-        documents: Vec::new(),
-    }
 }
 
 fn commit_info(commit: &git2::Commit<'_>) -> CommitInfo {

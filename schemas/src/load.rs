@@ -79,6 +79,22 @@ pub fn too_large(path: &str, n_bytes: u64) -> ParsedFile {
     }
 }
 
+/// The result for a fleet file that is a symbolic link: never followed, so
+/// that a link in a pull request cannot make Muster read outside the repo.
+pub fn symlinked(path: &str) -> ParsedFile {
+    ParsedFile {
+        path: path.to_string(),
+        documents: Vec::new(),
+        diagnostics: vec![
+            Diagnostic::file_error(
+                path,
+                "fleet file is a symbolic link, and links are not followed",
+            )
+            .with_hint(Some("replace the link with the file itself")),
+        ],
+    }
+}
+
 /// Parses the bytes of one fleet file.
 pub fn parse_file(path: &str, bytes: &[u8]) -> ParsedFile {
     if bytes.len() > MAX_FILE_BYTES {

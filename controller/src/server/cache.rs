@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use muster_schemas::bundle::SignedBundle;
 use muster_schemas::protocol::HostState;
 
-use crate::store::{BundleHead, BundleRecord, HostRecord};
+use crate::store::{BundleHead, BundleRecord, HostKey, HostRecord};
 
 /// What authentication needs to know of a host.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,10 +28,14 @@ pub struct CachedHost {
 
 impl CachedHost {
     pub fn from_record(host: &HostRecord) -> Option<CachedHost> {
+        Self::new(&host.id, &host.key, host.state)
+    }
+
+    fn new(id: &str, key_hex: &str, state: HostState) -> Option<CachedHost> {
         Some(CachedHost {
-            id: host.id.clone(),
-            key: hex::decode(&host.key).ok()?,
-            state: host.state,
+            id: id.to_string(),
+            key: hex::decode(key_hex).ok()?,
+            state,
         })
     }
 }
@@ -75,10 +79,10 @@ impl Caches {
     }
 
     /// Replaces every cached host with the database's current list.
-    pub fn replace_hosts(&self, hosts: &[HostRecord]) {
+    pub fn replace_hosts(&self, hosts: &[HostKey]) {
         let fresh: HashMap<String, Arc<CachedHost>> = hosts
             .iter()
-            .filter_map(CachedHost::from_record)
+            .filter_map(|host| CachedHost::new(&host.id, &host.key, host.state))
             .map(|host| (host.id.clone(), Arc::new(host)))
             .collect();
         if let Ok(mut hosts) = self.hosts.write() {

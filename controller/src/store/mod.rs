@@ -141,6 +141,16 @@ pub struct HostRecord {
     pub run_status: Option<String>,
 }
 
+/// What the request path needs of a host: its key and whether it may be
+/// served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostKey {
+    pub id: String,
+    /// The HMAC key derived from the host's secret, hex.
+    pub key: String,
+    pub state: HostState,
+}
+
 /// A host's bundle in force.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BundleRecord {
@@ -542,6 +552,27 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| host_from_row(&row)).transpose()
+    }
+
+    /// Every host's id, key and state: a light query that the reconciler's
+    /// sweep runs every few seconds, where full records (labels, facts)
+    /// would cost a JSON parse per host each time.
+    pub async fn host_keys(&self) -> Result<Vec<HostKey>> {
+        let rows = sqlx::query("SELECT id, key, state FROM hosts")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(HostKey {
+                    id: row.try_get("id")?,
+                    key: row.try_get("key")?,
+                    state: HostState::parse(&state).ok_or_else(|| {
+                        StoreError::Corrupt(format!("unknown host state `{state}`"))
+                    })?,
+                })
+            })
+            .collect()
     }
 
     pub async fn hosts(&self) -> Result<Vec<HostRecord>> {
