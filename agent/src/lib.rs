@@ -217,7 +217,7 @@ fn enroll(args: &EnrollArgs) -> Result<ExitCode, AgentError> {
     };
     // The state dir is created first: a failure there should not leave a
     // config behind that makes the next try need --force.
-    StateDir::open(&args.state_dir).map_err(AgentError::io(format!(
+    let state = StateDir::open(&args.state_dir).map_err(AgentError::io(format!(
         "cannot create the state dir {} (pass --state-dir)",
         args.state_dir.display()
     )))?;
@@ -235,6 +235,13 @@ fn enroll(args: &EnrollArgs) -> Result<ExitCode, AgentError> {
         name: name.clone(),
     };
     config.save(&args.config)?;
+    // A new host id: the generations of the old one mean nothing to it.
+    // Forgotten only now that the new identity is saved, so that a failed
+    // enrollment leaves the old identity whole, replay protection included.
+    state.forget_host().map_err(AgentError::io(format!(
+        "enrolled, but cannot clear the previous enrollment's state in {}: remove its files and run the agent",
+        args.state_dir.display()
+    )))?;
     println!(
         "enrolled {name} as host {} ({}); config written to {}",
         response.host_id,

@@ -201,6 +201,28 @@ impl StateDir {
             Err(err) => Err(err),
         }
     }
+
+    /// Forgets everything of the host identity that used this state dir:
+    /// the applied generation, the bundle and the queued reports. Called
+    /// when the host enrolls anew, as a new host id whose generations
+    /// start again at 1: keeping the old number would refuse the new
+    /// host's bundles, and the old host's bundles are refused anyway by
+    /// their host id.
+    pub fn forget_host(&self) -> io::Result<()> {
+        for file in [GENERATION_FILE, BUNDLE_FILE] {
+            match fs::remove_file(self.dir.join(file)) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+                _ => {}
+            }
+        }
+        let queue = self.dir.join(QUEUE_DIR);
+        match fs::remove_dir_all(&queue) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        fs::DirBuilder::new().mode(0o700).create(&queue)?;
+        sync_dir(&self.dir)
+    }
 }
 
 /// The sequence number of a queued report's file name.

@@ -25,6 +25,13 @@ pub enum Command {
     Init(InitArgs),
     /// Run the controller: follow the fleet repo and serve agents.
     Serve(Box<ServeArgs>),
+    /// Try Muster on this machine: a fleet repo, a controller and sandboxed agents.
+    ///
+    /// Starts the example fleet repo as a new Git repo in DIR, a controller on
+    /// SQLite, and local `muster-agent` processes that manage files beneath
+    /// their own directories (nothing on this machine outside DIR changes).
+    /// Commit to the repo and watch the hosts converge. Run it again to resume.
+    Quickstart(QuickstartArgs),
     /// Create, list and revoke enrollment tokens.
     Token {
         #[command(subcommand)]
@@ -95,6 +102,26 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "MUSTER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Where the fleet repo, the controller's data and the agents live.
+    #[arg(long, default_value = "muster-quickstart")]
+    pub dir: PathBuf,
+    /// Address the controller listens on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: String,
+    /// How many hosts with the label role=web.
+    #[arg(long, default_value_t = 3)]
+    pub web: u32,
+    /// How many hosts with the label role=db.
+    #[arg(long, default_value_t = 2)]
+    pub db: u32,
+    /// The `muster-agent` binary [default: the one beside `muster`, built
+    /// first when run through `cargo run`, else the one on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

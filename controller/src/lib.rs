@@ -103,6 +103,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         cli::Command::Schema(args) => commands::schema::run(&args),
         cli::Command::Init(args) => runtime()?.block_on(commands::serve::init(&args.data)),
         cli::Command::Serve(args) => runtime()?.block_on(commands::serve::run(*args)),
+        cli::Command::Quickstart(args) => runtime()?.block_on(commands::quickstart::run(args)),
         cli::Command::Token { command } => runtime()?.block_on(commands::admin::token(command)),
         cli::Command::Hosts { command } => runtime()?.block_on(commands::admin::hosts(command)),
         cli::Command::Commits { command } => runtime()?.block_on(commands::admin::commits(command)),

@@ -72,7 +72,7 @@ fn labels_text(labels: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
-fn random_token() -> Result<(String, String), Error> {
+pub(crate) fn random_token() -> Result<(String, String), Error> {
     let mut bytes = [0u8; 30];
     getrandom::fill(&mut bytes)
         .map_err(|err| Error::Usage(format!("no randomness available: {err}")))?;
@@ -357,7 +357,7 @@ async fn show_host(name: &str, data: &DataArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn short(commit: &str) -> &str {
+pub(crate) fn short(commit: &str) -> &str {
     commit.get(..10).unwrap_or(commit)
 }
 

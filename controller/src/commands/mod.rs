@@ -1,6 +1,7 @@
 //! One module per `muster` subcommand.
 
 pub mod admin;
+pub mod quickstart;
 pub mod schema;
 pub mod serve;
 pub mod validate;

@@ -11,9 +11,10 @@ use std::time::Duration;
 use muster_controller::cli::DataArgs;
 use muster_controller::commands::serve::{self, Config, Running};
 use muster_controller::server::agent_api::token_hash;
+use muster_controller::signing::SigningKey;
 use muster_controller::store::{Store, TokenRecord};
-use muster_schemas::bundle::SignedBundle;
-use muster_schemas::protocol::{EnrollResponse, auth};
+use muster_schemas::bundle::{Bundle, SignedBundle};
+use muster_schemas::protocol::{EnrollResponse, Report, auth};
 use serde_json::{Value, json};
 
 use crate::db::TestDb;
@@ -24,12 +25,24 @@ pub(crate) const WEBHOOK_SECRET: &str = "test-webhook-secret";
 /// Waits until `check` returns `Some`, polling; panics after a generous
 /// deadline so that a broken test fails instead of hanging. The deadline
 /// is not a performance assertion.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    eventually_for(what, Duration::from_secs(60), check).await
+}
+
+/// [`eventually`] with more patience, for waits that a production timer
+/// can stretch on its own (an agent's backoff may reach a minute), so that
+/// the give-up deadline stays well clear of what the code may legitimately
+/// take.
+pub(crate) async fn eventually_for<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         if let Some(value) = check().await {
             return value;
@@ -116,6 +129,8 @@ pub(crate) struct Harness {
     pub(crate) public_key: String,
     pub(crate) store: Store,
     pub(crate) http: reqwest::Client,
+    /// What the controller was started with; a restart reuses it.
+    config: Config,
     running: Option<Running>,
 }
 
@@ -149,7 +164,11 @@ impl Harness {
         } else {
             "http"
         };
-        let running = serve::start(config).await.expect("the controller starts");
+        let running = serve::start(config.clone())
+            .await
+            .expect("the controller starts");
+        // A restart listens where agents already point.
+        config.listen = running.address.to_string();
         let store = Store::open(&db.url).await.unwrap();
         Harness {
             url: format!("{scheme}://{}", running.address),
@@ -159,8 +178,41 @@ impl Harness {
             repo,
             store,
             http: reqwest::Client::new(),
+            config,
             running: Some(running),
         }
+    }
+
+    /// The controller's data dir, where its signing key lives.
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.config.data.data_dir
+    }
+
+    /// The controller's signing key, loaded from its data dir: for tests
+    /// that need bundles only the controller could have signed.
+    pub(crate) fn signing_key(&self) -> SigningKey {
+        let (key, created) = SigningKey::load_or_create(self.data_dir()).unwrap();
+        assert!(!created, "the controller has a signing key already");
+        assert_eq!(key.public_key(), self.public_key);
+        key
+    }
+
+    /// Stops the controller, keeping its data dir, database and repo, so
+    /// that [`Harness::restart_controller`] can bring it back.
+    pub(crate) async fn stop_controller(&mut self) {
+        let running = self.running.take().expect("the controller is running");
+        running.stop().await.expect("the controller stops cleanly");
+    }
+
+    /// Starts the controller again on the same data dir, database, repo and
+    /// address.
+    pub(crate) async fn restart_controller(&mut self) {
+        assert!(self.running.is_none(), "the controller is still running");
+        let running = serve::start(self.config.clone())
+            .await
+            .expect("the controller starts again on its address");
+        assert_eq!(running.public_key, self.public_key);
+        self.running = Some(running);
     }
 
     pub(crate) async fn stop(mut self) {
@@ -225,6 +277,33 @@ impl Harness {
             .unwrap()
     }
 
+    /// The host's bundle as the controller signed and stored it, once its
+    /// generation is greater than `newer_than`.
+    pub(crate) async fn stored_bundle(&self, host_id: &str, newer_than: u64) -> SignedBundle {
+        eventually(
+            &format!("a bundle for {host_id} newer than generation {newer_than}"),
+            || async {
+                let record = self.store.bundle(host_id).await.unwrap()?;
+                (record.generation > newer_than).then_some(SignedBundle {
+                    bundle: record.bundle,
+                    signature: record.signature,
+                })
+            },
+        )
+        .await
+    }
+
+    /// The reports the controller received from a host, newest first.
+    pub(crate) async fn reports(&self, host_id: &str) -> Vec<Report> {
+        self.store
+            .reports(host_id, i64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|(_, body)| serde_json::from_str(body).unwrap())
+            .collect()
+    }
+
     /// Waits until the commit has been tried; returns its state.
     pub(crate) async fn commit_state(
         &self,
@@ -235,6 +314,11 @@ impl Harness {
         })
         .await
     }
+}
+
+/// The bundle inside a signed bundle, read without verifying anything.
+pub(crate) fn bundle_of(signed: &SignedBundle) -> Bundle {
+    serde_json::from_str(&signed.bundle).unwrap()
 }
 
 fn rand_hex() -> String {

@@ -2,6 +2,8 @@
 
 mod admin;
 mod agents;
+mod agents_attacks;
+mod agents_offline;
 mod cli;
 mod controller;
 mod corpus;

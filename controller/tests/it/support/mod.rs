@@ -1,6 +1,9 @@
-//! Helpers shared by the integration tests: temp dirs and real git repos.
+//! Helpers shared by the integration tests: temp dirs, real git repos,
+//! real agent processes and a tampering proxy.
 
+pub(crate) mod agent;
 pub(crate) mod git;
+pub(crate) mod proxy;
 
 use std::fs;
 use std::path::{Path, PathBuf};
