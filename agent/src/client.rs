@@ -79,7 +79,10 @@ pub async fn enroll(server: &str, request: &EnrollRequest) -> Result<EnrollRespo
         .send()
         .await
         .map_err(|err| {
-            AgentError::Http(format!("cannot reach the controller at {server}: {err}"))
+            AgentError::Http(format!(
+                "cannot reach the controller at {server}: {}",
+                with_causes(&err)
+            ))
         })?;
     match response.status() {
         StatusCode::CREATED | StatusCode::OK => response
@@ -146,8 +149,9 @@ impl Client {
         }
         request.send().await.map_err(|err| {
             AgentError::Http(format!(
-                "cannot reach the controller at {}: {err}",
-                self.server
+                "cannot reach the controller at {}: {}",
+                self.server,
+                with_causes(&err)
             ))
         })
     }
@@ -220,4 +224,21 @@ pub fn random_duration(max: Duration) -> Duration {
     }
     let millis = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(u64::from_le_bytes(bytes) % millis.saturating_add(1))
+}
+
+/// An error with its chain of causes, `a: b: c`: reqwest's own message
+/// ("error sending request") leaves out why (connection refused, a
+/// certificate not trusted), which is what an operator needs.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
