@@ -64,6 +64,52 @@ impl LocalHost {
     fn log(&self) -> PathBuf {
         self.dir.join("agent.log")
     }
+
+    /// Where the pid of the host's running agent is kept, so that agents
+    /// left behind by a quickstart that was killed can be found.
+    fn pid_file(&self) -> PathBuf {
+        self.dir.join("agent.pid")
+    }
+
+    /// Stops the agent an earlier quickstart left running, if any: one
+    /// killed with SIGKILL had no chance to stop its agents.
+    fn stop_leftover(&self) {
+        let Some(pid) = std::fs::read_to_string(self.pid_file())
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+        else {
+            return;
+        };
+        let is_ours = |pid: u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                cmdline.contains("muster-agent")
+                    && cmdline.contains(&*self.config().to_string_lossy())
+            })
+        };
+        if is_ours(pid) {
+            println!(
+                "  stopping    {}'s agent (pid {pid}), left running by an earlier quickstart",
+                self.name
+            );
+            terminate(pid);
+            let deadline = std::time::Instant::now() + STOP_GRACE;
+            while is_ours(pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = std::fs::remove_file(self.pid_file());
+    }
+}
+
+/// Sends SIGTERM, which lets an agent finish its step; std can only send
+/// SIGKILL, and the workspace forbids the unsafe code a direct call needs.
+fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 pub async fn run(args: QuickstartArgs) -> Result<ExitCode, Error> {
@@ -138,6 +184,9 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode, Error> {
 
     watch.skip_earlier_reports(&store).await?;
     let hosts = local_hosts(&dir, args.web, args.db);
+    for host in &hosts {
+        host.stop_leftover();
+    }
     let mut agents = Agents::default();
     let started = async {
         enroll(&store, &agent, &url, &key.public_key(), &hosts).await?;
@@ -526,6 +575,7 @@ fn shorter(path: &Path) -> String {
 /// The running agent processes.
 #[derive(Debug, Default)]
 struct Agents {
+    /// Name, directory and process of each agent.
     running: Vec<(String, PathBuf, Child)>,
 }
 
@@ -556,7 +606,11 @@ impl Agents {
             .stderr(log_err)
             .spawn()
             .map_err(|err| Error::io(format!("cannot start `{}`", agent.display()), err))?;
-        self.running.push((host.name.clone(), host.log(), child));
+        std::fs::write(host.pid_file(), format!("{}\n", child.id())).map_err(|err| {
+            Error::io(format!("cannot write `{}`", host.pid_file().display()), err)
+        })?;
+        self.running
+            .push((host.name.clone(), host.dir.clone(), child));
         Ok(())
     }
 
@@ -580,16 +634,10 @@ impl Agents {
     /// ones still running.
     fn stop(&mut self) {
         for (_, _, child) in &self.running {
-            // std sends only SIGKILL; `kill` sends the SIGTERM that lets
-            // an agent finish its step.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            terminate(child.id());
         }
         let deadline = std::time::Instant::now() + STOP_GRACE;
-        for (name, _, child) in &mut self.running {
+        for (name, dir, child) in &mut self.running {
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) => break,
@@ -604,6 +652,7 @@ impl Agents {
                     }
                 }
             }
+            let _ = std::fs::remove_file(dir.join("agent.pid"));
         }
         self.running.clear();
     }

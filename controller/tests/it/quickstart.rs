@@ -108,8 +108,17 @@ impl Quickstart {
 }
 
 impl Drop for Quickstart {
+    /// A failed test still stops the quickstart with SIGTERM, so that it
+    /// stops its agents; SIGKILL only if it does not exit.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -277,6 +286,14 @@ fn quickstart_converges_commits_and_stops_cleanly() {
         agents_running_beneath(&dir)
     );
 
+    // A quickstart killed with SIGKILL cannot stop its agents; the next
+    // run stops the ones it left.
+    let mut killed = Quickstart::start(&dir);
+    killed.wait_for_line("the ready line", |line| line.starts_with("Ready."));
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    assert_eq!(agents_running_beneath(&dir).len(), 3, "the orphans");
+
     // A second run resumes with the same repo and hosts. It listens on
     // another port (port 0 again), so the hosts enroll again as new host
     // ids, and their agents must take generation 1 of the new ids though
@@ -289,6 +306,14 @@ fn quickstart_converges_commits_and_stops_cleanly() {
         output.contains("enrolled     web-01, web-02, db-01"),
         "{output}"
     );
+    assert_eq!(
+        output
+            .matches("left running by an earlier quickstart")
+            .count(),
+        3,
+        "{output}"
+    );
+    assert_eq!(agents_running_beneath(&dir).len(), 3, "only the new agents");
     edit(
         &repo.join("policies/nginx.yaml"),
         "groups: [webb]",
