@@ -75,6 +75,10 @@ fn present(
             Some(mode.unwrap_or(DEFAULT_DIRECTORY_MODE)),
             &target.declared,
         )?;
+        // Its owner and mode, then its name in the parent.
+        handle
+            .sync_all()
+            .map_err(Failure::io(format!("could not sync `{}`", target.declared)))?;
         paths::fsync_dir(target.parent())?;
         return Ok(Outcome::changed(message).with_note(ownership.note));
     };

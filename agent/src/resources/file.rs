@@ -6,6 +6,11 @@
 //! changes and creation replace the file atomically, with owner and mode
 //! set on the temporary file before the rename; metadata-only changes are
 //! made in place on the open file.
+//!
+//! A replacement is decided and written here, and landed (fsync, rename,
+//! directory fsync) either right away ([`CheckApply`]) or by a converge
+//! run, which overlaps the fsyncs of consecutive files
+//! ([`check_apply_pending`], `resources::writes`).
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -14,7 +19,7 @@ use muster_schemas::model::{FileSpec, Presence};
 
 use super::accounts::{self, Ownership};
 use super::diff::{self, DIFF_READ_LIMIT, Side};
-use super::paths::{self, HostPath, NewFile};
+use super::paths::{self, HostPath, NewFile, PendingWrite};
 use super::{CheckApply, Context, Differences, Failure, Outcome, outcome_of};
 
 /// Mode of a new file when the spec names none.
@@ -25,11 +30,37 @@ pub const DEFAULT_SECRET_MODE: u32 = 0o600;
 
 impl CheckApply for FileSpec {
     fn check_apply(&self, ctx: &Context, apply: bool) -> Outcome {
-        outcome_of(check_apply(self, ctx, apply))
+        let (outcome, pending) = check_apply_pending(self, ctx, apply);
+        match pending {
+            None => outcome,
+            Some(pending) => match pending.land(ctx) {
+                Ok(()) => outcome,
+                Err(failure) => Outcome::failed(failure.to_string()),
+            },
+        }
     }
 }
 
-fn check_apply(spec: &FileSpec, ctx: &Context, apply: bool) -> Result<Outcome, Failure> {
+/// The file resource's check and apply, except that new content (a created
+/// file, or changed content) is returned written to a temporary file but
+/// not yet landed. The outcome is the resource's once the write has landed;
+/// if landing fails, the resource has failed instead. Everything else
+/// (parent directories, metadata fixed in place, a removal) is done here.
+pub(crate) fn check_apply_pending(
+    spec: &FileSpec,
+    ctx: &Context,
+    apply: bool,
+) -> (Outcome, Option<PendingWrite>) {
+    match check_apply(spec, ctx, apply) {
+        Ok((outcome, pending)) => (outcome, pending),
+        Err(failure) => (outcome_of(Err(failure)), None),
+    }
+}
+
+/// An outcome, and the write that must land for it to hold.
+type Pending = (Outcome, Option<PendingWrite>);
+
+fn check_apply(spec: &FileSpec, ctx: &Context, apply: bool) -> Result<Pending, Failure> {
     let target = ctx.host_path(spec.path.as_str())?;
     let current = paths::lstat(&target.path)?;
     if let Some(meta) = &current
@@ -43,7 +74,7 @@ fn check_apply(spec: &FileSpec, ctx: &Context, apply: bool) -> Result<Outcome, F
     }
     match spec.ensure {
         Presence::Present => present(spec, ctx, apply, &target, current),
-        Presence::Absent => absent(spec, ctx, apply, &target, current),
+        Presence::Absent => Ok((absent(spec, ctx, apply, &target, current)?, None)),
     }
 }
 
@@ -53,7 +84,7 @@ fn present(
     apply: bool,
     target: &HostPath,
     current: Option<std::fs::Metadata>,
-) -> Result<Outcome, Failure> {
+) -> Result<Pending, Failure> {
     let ownership = accounts::ownership(ctx, spec.owner.as_deref(), spec.group.as_deref())?;
     let mut differences = Differences::default();
     let mut diff = None;
@@ -70,9 +101,10 @@ fn present(
             ));
         }
         if !apply {
-            return Ok(Outcome::drifted(differences.message())
+            let outcome = Outcome::drifted(differences.message())
                 .with_diff(diff)
-                .with_note(ownership.note));
+                .with_note(ownership.note);
+            return Ok((outcome, None));
         }
         let new_file = NewFile {
             mode: spec.mode.map(|m| m.bits()).unwrap_or(if spec.secret {
@@ -83,12 +115,14 @@ fn present(
             uid: ownership.uid,
             gid: ownership.gid,
         };
-        let target = ctx.create_parents(target)?;
+        // The new parents are made durable with the file, when it lands.
+        let (target, created_in) = ctx.create_parents_unsynced(target)?;
         let content = spec.content.as_deref().unwrap_or_default();
-        paths::write_atomic(ctx, &target, content.as_bytes(), new_file)?;
-        return Ok(Outcome::changed(differences.message())
+        let pending = PendingWrite::stage(ctx, &target, content.as_bytes(), new_file, created_in)?;
+        let outcome = Outcome::changed(differences.message())
             .with_diff(diff)
-            .with_note(ownership.note));
+            .with_note(ownership.note);
+        return Ok((outcome, Some(pending)));
     };
     let mut file = paths::open_verified(&target.path, &meta)?;
 
@@ -126,13 +160,15 @@ fn present(
     }
 
     if differences.is_empty() {
-        return Ok(Outcome::in_sync().with_note(ownership.note));
+        return Ok((Outcome::in_sync().with_note(ownership.note), None));
     }
     if !apply {
-        return Ok(Outcome::drifted(differences.message())
+        let outcome = Outcome::drifted(differences.message())
             .with_diff(diff)
-            .with_note(ownership.note));
+            .with_note(ownership.note);
+        return Ok((outcome, None));
     }
+    let mut pending = None;
     if rewrite {
         // A replaced file keeps the current mode and owner unless the spec
         // names others: an edit to the content must not widen access. In a
@@ -145,13 +181,20 @@ fn present(
             gid: ownership.gid.or(keep(meta.gid())),
         };
         let content = spec.content.as_deref().unwrap_or_default();
-        paths::write_atomic(ctx, target, content.as_bytes(), new_file)?;
+        pending = Some(PendingWrite::stage(
+            ctx,
+            target,
+            content.as_bytes(),
+            new_file,
+            Vec::new(),
+        )?);
     } else {
         metadata_fix.apply(&file, &target.declared)?;
     }
-    Ok(Outcome::changed(differences.message())
+    let outcome = Outcome::changed(differences.message())
         .with_diff(diff)
-        .with_note(ownership.note))
+        .with_note(ownership.note);
+    Ok((outcome, pending))
 }
 
 fn absent(
@@ -254,7 +297,12 @@ pub(crate) fn metadata_differences(
 }
 
 impl MetadataFix {
+    /// Makes the changes on the open file (or directory), durably: an
+    /// fsync follows, so that they hold after a crash like a replaced
+    /// file's content does.
     pub(crate) fn apply(&self, file: &std::fs::File, what: &str) -> Result<(), Failure> {
-        paths::set_owner_and_mode(file, self.uid, self.gid, self.mode, what)
+        paths::set_owner_and_mode(file, self.uid, self.gid, self.mode, what)?;
+        file.sync_all()
+            .map_err(Failure::io(format!("could not sync `{what}`")))
     }
 }

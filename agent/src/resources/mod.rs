@@ -13,6 +13,9 @@
 //! resources (and every resource in a dry run) are only checked; a resource
 //! whose dependency failed is skipped, not the whole run; a service
 //! restarts when a resource in its `restart_on` changed in the same run.
+//! The fsyncs of consecutive file writes overlap, and each directory is
+//! fsynced once at the end of the run (`writes`); every change is durable
+//! when `converge` returns.
 //!
 //! A [`Context`] with a `root` is a sandbox (`--root DIR`): every managed
 //! path lives beneath the root, and the kinds that cannot be contained there
@@ -30,6 +33,7 @@ pub mod paths;
 mod service;
 mod symlink;
 mod user;
+mod writes;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -265,45 +269,106 @@ impl CheckApply for Resource {
 /// - A service restarts when a resource in its `restart_on` changed earlier
 ///   in this run. In a dry run, a resource that would change (drifted, in
 ///   an enforcing policy) counts, so the plan shows the restart.
+/// - Every change is durable when this returns: file writes land through
+///   [`writes::Writes`], which overlaps their fsyncs but lands all of them
+///   before any resource that could see one, so each resource finds the
+///   host as if every earlier one had been applied on its own.
 pub fn converge(desired: &Desired, ctx: &Context, dry_run: bool) -> Vec<ResourceReport> {
-    let mut reports = Vec::with_capacity(desired.resources.len());
-    let mut broken: HashSet<&str> = HashSet::new();
-    let mut seen: HashMap<&str, (ResourceStatus, PolicyMode)> = HashMap::new();
+    let mut run = Run::new(desired);
+    let mut writes = writes::Writes::new();
     for item in &desired.resources {
         let apply = !dry_run && item.mode == PolicyMode::Enforce;
+        let sees_no_write = match &item.resource {
+            Resource::File(spec) => {
+                spec.depends_on.is_empty() && !writes.overlaps(spec.path.as_str())
+            }
+            _ => false,
+        };
+        if !writes.is_empty() && !sees_no_write {
+            run.fail(writes.land_all(ctx));
+        }
         let failed_dependency = item
             .resource
             .depends_on()
             .iter()
-            .find(|dependency| broken.contains(dependency.as_str()));
-        let outcome = match (failed_dependency, &item.resource) {
-            (Some(dependency), _) => Outcome::skipped(format!("dependency {dependency} failed")),
+            .find(|dependency| run.broken.contains(dependency.as_str()));
+        let (outcome, pending) = match (failed_dependency, &item.resource) {
+            (Some(dependency), _) => (
+                Outcome::skipped(format!("dependency {dependency} failed")),
+                None,
+            ),
             (None, Resource::Service(spec)) => {
                 let restart_because = spec
                     .restart_on
                     .iter()
-                    .filter(|id| match seen.get(id.as_str()) {
+                    .filter(|id| match run.seen.get(id.as_str()) {
                         Some((ResourceStatus::Changed, _)) => true,
                         Some((ResourceStatus::Drifted, PolicyMode::Enforce)) => dry_run,
                         _ => false,
                     })
                     .cloned()
                     .collect();
-                Service {
+                let service = Service {
                     spec,
                     restart_because,
-                }
-                .check_apply(ctx, apply)
+                };
+                (service.check_apply(ctx, apply), None)
             }
-            (None, resource) => resource.check_apply(ctx, apply),
+            (None, Resource::File(spec)) => file::check_apply_pending(spec, ctx, apply),
+            (None, resource) => (resource.check_apply(ctx, apply), None),
         };
-        if failed_dependency.is_some() || outcome.status == ResourceStatus::Failed {
-            broken.insert(&item.id);
+        let skipped = failed_dependency.is_some();
+        let index = run.record(skipped, outcome);
+        if let Some(pending) = pending {
+            run.fail(writes.push(ctx, index, pending));
         }
-        seen.insert(&item.id, (outcome.status, item.mode));
-        reports.push(outcome.into_report(item.id.clone()));
     }
-    reports
+    run.fail(writes.finish(ctx));
+    run.reports
+}
+
+/// What a converge run has reported so far.
+struct Run<'a> {
+    desired: &'a Desired,
+    reports: Vec<ResourceReport>,
+    /// Resources that failed or were skipped because of a failure.
+    broken: HashSet<&'a str>,
+    /// The status of every resource so far, with its policy mode.
+    seen: HashMap<&'a str, (ResourceStatus, PolicyMode)>,
+}
+
+impl<'a> Run<'a> {
+    fn new(desired: &'a Desired) -> Run<'a> {
+        Run {
+            desired,
+            reports: Vec::with_capacity(desired.resources.len()),
+            broken: HashSet::new(),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Records the outcome of the next resource; returns its index.
+    fn record(&mut self, skipped_for_failure: bool, outcome: Outcome) -> usize {
+        let index = self.reports.len();
+        let item = &self.desired.resources[index];
+        if skipped_for_failure || outcome.status == ResourceStatus::Failed {
+            self.broken.insert(&item.id);
+        }
+        self.seen.insert(&item.id, (outcome.status, item.mode));
+        self.reports.push(outcome.into_report(item.id.clone()));
+        index
+    }
+
+    /// Turns the resources whose writes did not land into failures.
+    fn fail(&mut self, failed: Vec<writes::Failed>) {
+        for (index, failure) in failed {
+            let item = &self.desired.resources[index];
+            self.broken.insert(&item.id);
+            self.seen
+                .insert(&item.id, (ResourceStatus::Failed, item.mode));
+            self.reports[index] = Outcome::failed(failure.0).into_report(item.id.clone());
+        }
+    }
 }
 
 /// Why a resource failed: a message for the report, lowercase, saying what

@@ -1,7 +1,8 @@
 //! Managed paths: mapping a bundle's absolute path onto the host (beneath
 //! the sandbox root), the rules that refuse dangerous ones, and the
 //! filesystem steps every path-based resource shares (atomic replacement,
-//! parent creation, directory fsync).
+//! parent creation, directory fsync, removing temporary files a killed run
+//! left behind).
 //!
 //! The rules, checked whenever a path is resolved and again right before
 //! anything is written:
@@ -187,7 +188,23 @@ impl Context {
     /// [`PARENT_MODE`] and made durable in its own parent, after checking
     /// the path rules again. Returns the path re-resolved.
     pub(crate) fn create_parents(&self, target: &HostPath) -> Result<HostPath, Failure> {
+        let (fresh, changed) = self.create_parents_unsynced(target)?;
+        for dir in &changed {
+            fsync_dir(dir)?;
+        }
+        Ok(fresh)
+    }
+
+    /// Like [`create_parents`](Self::create_parents), but leaves the
+    /// directory fsyncs to the caller: returns the path re-resolved and the
+    /// directories whose entries changed (the parent of each directory
+    /// created), outermost first.
+    pub(crate) fn create_parents_unsynced(
+        &self,
+        target: &HostPath,
+    ) -> Result<(HostPath, Vec<PathBuf>), Failure> {
         let fresh = self.host_path(&target.declared)?;
+        let mut changed = Vec::new();
         for dir in &fresh.missing_parents {
             match fs::DirBuilder::new().mode(PARENT_MODE).create(dir) {
                 Ok(()) => {}
@@ -206,7 +223,7 @@ impl Context {
                 Failure::io(format!("could not set the mode of `{}`", dir.display())),
             )?;
             if let Some(parent) = dir.parent() {
-                fsync_dir(parent)?;
+                changed.push(parent.to_path_buf());
             }
         }
         let fresh = self.host_path(&target.declared)?;
@@ -216,7 +233,7 @@ impl Context {
                 target.declared
             )));
         }
-        Ok(fresh)
+        Ok((fresh, changed))
     }
 
     /// Checks the path rules again right before a write, and that the
@@ -327,8 +344,17 @@ pub(crate) struct NewFile {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// What marks a temporary name: `.NAME.muster-PID-N.tmp`.
+const TEMP_MARK: &str = ".muster-";
+const TEMP_SUFFIX: &str = ".tmp";
+
 /// A temporary name next to `path`, unique within this process; callers
 /// create it exclusively and retry on a clash with another process.
+///
+/// The name is `.NAME.muster-PID-N.tmp`: hidden, naming the file it stands
+/// in for and the process that made it, so that one left behind by a killed
+/// agent is never taken for a managed file, and
+/// [`remove_stale_temps`] can tell it from one a live agent is writing.
 pub(crate) fn temp_name(path: &Path) -> PathBuf {
     let name = path
         .file_name()
@@ -342,51 +368,183 @@ pub(crate) fn temp_name(path: &Path) -> PathBuf {
     }
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!(
-        ".{}.muster-{}-{n}.tmp",
+        ".{}{TEMP_MARK}{}-{n}{TEMP_SUFFIX}",
         &name[..cut],
         std::process::id()
     ))
 }
 
-/// Replaces `target` atomically with `content`: a temporary file in the
-/// same directory (created exclusively), written, given its mode and owner,
-/// fsynced, renamed over the target, and the directory fsynced. A reader
-/// sees the old file or the new one, never a part; after a crash the target
-/// is one or the other too.
-pub(crate) fn write_atomic(
-    ctx: &Context,
-    target: &HostPath,
-    content: &[u8],
-    new_file: NewFile,
-) -> Result<(), Failure> {
-    let target = ctx.recheck(target)?;
-    let (temp, mut file) = create_temp(&target.path)?;
-    let written = (|| {
-        file.write_all(content)
-            .map_err(Failure::io(format!("could not write `{}`", temp.display())))?;
+/// The process id in a name made by [`temp_name`], if it is one.
+fn temp_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?.strip_suffix(TEMP_SUFFIX)?;
+    let (_, tail) = rest.rsplit_once(TEMP_MARK)?;
+    let (pid, n) = tail.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Removes the temporary files and links that agents which are no longer
+/// running left in `dir` (a run killed between creating a temporary file
+/// and renaming it). Temporary names of live processes, this one included,
+/// are left alone, and so is everything that is not a file or a link.
+/// Returns how many were removed.
+pub(crate) fn remove_stale_temps(dir: &Path) -> Result<usize, Failure> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => {
+            return Err(Failure::io(format!("could not list `{}`", dir.display()))(
+                err,
+            ));
+        }
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temp_owner) else {
+            continue;
+        };
+        // /proc/PID exists while the process (or its zombie) does.
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let is_file_or_link = entry
+            .file_type()
+            .is_ok_and(|kind| kind.is_file() || kind.is_symlink());
+        if is_file_or_link && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// New content for a managed file, written to a temporary file next to it
+/// with its owner and mode already set, but neither durable nor in place
+/// yet. Landing it takes two steps, which [`land`](Self::land) runs one
+/// after the other and a converge run overlaps across files (see
+/// `resources::writes`): [`sync`](Self::sync) makes the content durable
+/// (it may run on any thread), then [`rename_into_place`](Self::rename_into_place)
+/// replaces the target. The write is durable once the directories in
+/// [`dirty_dirs`](Self::dirty_dirs) are fsynced too.
+///
+/// A reader, and a crash at any point, sees the old file or the complete
+/// new one with its mode: the rename is the only step that changes the
+/// target, and it comes after the fsync. Dropped before the rename, it
+/// removes its temporary file.
+#[derive(Debug)]
+pub(crate) struct PendingWrite {
+    target: HostPath,
+    temp: PathBuf,
+    file: Option<File>,
+    dirty_dirs: Vec<PathBuf>,
+}
+
+impl PendingWrite {
+    /// Writes `content` to a new temporary file next to `target` (created
+    /// exclusively, mode 0600) and gives it its owner and then its mode,
+    /// after checking the path rules again. `dirty_dirs` are directories
+    /// whose entries the caller changed for this write (parents it
+    /// created); the target's own directory is added.
+    pub(crate) fn stage(
+        ctx: &Context,
+        target: &HostPath,
+        content: &[u8],
+        new_file: NewFile,
+        mut dirty_dirs: Vec<PathBuf>,
+    ) -> Result<PendingWrite, Failure> {
+        let target = ctx.recheck(target)?;
+        let (temp, mut file) = create_temp(&target.path)?;
+        dirty_dirs.push(target.parent().to_path_buf());
+        let mut pending = PendingWrite {
+            target,
+            temp,
+            file: None,
+            dirty_dirs,
+        };
+        file.write_all(content).map_err(Failure::io(format!(
+            "could not write `{}`",
+            pending.temp.display()
+        )))?;
         set_owner_and_mode(
             &file,
             new_file.uid,
             new_file.gid,
             Some(new_file.mode),
-            &target.declared,
+            &pending.target.declared,
         )?;
-        file.sync_all()
-            .map_err(Failure::io(format!("could not sync `{}`", temp.display())))?;
-        drop(file);
-        // The parents are checked once more right before the rename, which
-        // is the step that makes the content visible.
-        ctx.recheck(&target)?;
-        fs::rename(&temp, &target.path).map_err(Failure::io(format!(
-            "could not move the new content into `{}`",
-            target.declared
-        )))
-    })();
-    if let Err(failure) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(failure);
+        pending.file = Some(file);
+        Ok(pending)
     }
-    fsync_dir(target.parent())
+
+    /// The path as the bundle wrote it.
+    pub(crate) fn declared(&self) -> &str {
+        &self.target.declared
+    }
+
+    /// The directory the file is written in.
+    pub(crate) fn dir(&self) -> &Path {
+        self.target.parent()
+    }
+
+    /// The directories to fsync, once this write is in place, for it to
+    /// survive a crash: its own and those of the parents created for it.
+    pub(crate) fn dirty_dirs(&self) -> &[PathBuf] {
+        &self.dirty_dirs
+    }
+
+    /// fsyncs the temporary file (content, owner and mode) and closes it.
+    pub(crate) fn sync(&mut self) -> Result<(), Failure> {
+        if let Some(file) = self.file.take() {
+            file.sync_all().map_err(Failure::io(format!(
+                "could not sync `{}`",
+                self.temp.display()
+            )))?;
+        }
+        Ok(())
+    }
+
+    /// Renames the (synced) temporary file over the target, after checking
+    /// the parents once more: the rename is the step that makes the content
+    /// visible.
+    pub(crate) fn rename_into_place(mut self, ctx: &Context) -> Result<(), Failure> {
+        if self.file.is_some() {
+            return Err(Failure::new(format!(
+                "`{}` was about to be replaced before its new content was synced",
+                self.target.declared
+            )));
+        }
+        ctx.recheck(&self.target)?;
+        fs::rename(&self.temp, &self.target.path).map_err(Failure::io(format!(
+            "could not move the new content into `{}`",
+            self.target.declared
+        )))?;
+        // In place: nothing left to remove on drop.
+        self.temp = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl PendingWrite {
+    /// Lands the write in this call: sync, rename into place, then fsync
+    /// the dirty directories. A reader sees the old file or the new one,
+    /// never a part; after a crash the target is one or the other too.
+    pub(crate) fn land(mut self, ctx: &Context) -> Result<(), Failure> {
+        self.sync()?;
+        let dirty_dirs = std::mem::take(&mut self.dirty_dirs);
+        self.rename_into_place(ctx)?;
+        for dir in &dirty_dirs {
+            fsync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        if !self.temp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
 }
 
 fn create_temp(path: &Path) -> Result<(PathBuf, File), Failure> {
@@ -484,5 +642,24 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.file_name().unwrap().len() < 255);
         assert!(a.starts_with("/d"));
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert_eq!(temp_owner(name), Some(std::process::id()));
+    }
+
+    #[test]
+    fn only_temp_names_have_an_owner() {
+        assert_eq!(temp_owner(".motd.muster-42-7.tmp"), Some(42));
+        assert_eq!(temp_owner(".a.muster-b.muster-42-7.tmp"), Some(42));
+        for name in [
+            "motd",
+            ".motd.tmp",
+            "motd.muster-42-7.tmp",
+            ".motd.muster-42.tmp",
+            ".motd.muster-x-7.tmp",
+            ".motd.muster-42-7.tmp.bak",
+            ".generation.tmp-42",
+        ] {
+            assert_eq!(temp_owner(name), None, "{name}");
+        }
     }
 }
