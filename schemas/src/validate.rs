@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use crate::diagnostic::{self, Diagnostic};
+use crate::diagnostic::{self, Diagnostic, Severity};
 use crate::load::{ParsedDocument, ParsedFile};
 use crate::model::*;
 use crate::suggest;
@@ -141,6 +141,7 @@ struct Index<'a> {
     /// Repo files named as `source` that hold fleet documents themselves.
     fleet_sources: BTreeSet<String>,
     scripts: BTreeMap<&'a str, &'a ScriptSpec>,
+    roles: BTreeMap<&'a str, &'a RoleSpec>,
     checks: BTreeSet<&'a str>,
 }
 
@@ -153,6 +154,7 @@ impl<'a> Index<'a> {
                 .any(|f| f.documents.is_empty() && f.diagnostics.iter().any(Diagnostic::is_error)),
             fleet_sources: BTreeSet::new(),
             scripts: BTreeMap::new(),
+            roles: BTreeMap::new(),
             checks: BTreeSet::new(),
         };
         for file in files {
@@ -203,6 +205,9 @@ impl<'a> Index<'a> {
                 match &document.spec {
                     Some(Spec::Script(script)) => {
                         index.scripts.entry(name).or_insert(script);
+                    }
+                    Some(Spec::Role(role)) => {
+                        index.roles.entry(name).or_insert(role);
                     }
                     Some(Spec::Policy(policy)) => {
                         index
@@ -312,13 +317,31 @@ struct DocCtx<'a, 'o> {
 
 impl DocCtx<'_, '_> {
     fn error(&mut self, path: &YPath, message: impl Into<String>, hint: Option<String>) {
+        self.report(Severity::Error, path, message, hint);
+    }
+
+    /// A problem that does not make the repo invalid: something that works,
+    /// but not as its author likely meant.
+    fn warning(&mut self, path: &YPath, message: impl Into<String>, hint: Option<String>) {
+        self.report(Severity::Warning, path, message, hint);
+    }
+
+    fn report(
+        &mut self,
+        severity: Severity,
+        path: &YPath,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         let path_text = path.to_string();
         if self.is_broken(&path_text) {
             return;
         }
         let location = path.locate(&self.document.node);
-        self.out
-            .push(Diagnostic::error(self.file, location, path_text, message).with_hint(hint));
+        let mut diagnostic =
+            Diagnostic::error(self.file, location, path_text, message).with_hint(hint);
+        diagnostic.severity = severity;
+        self.out.push(diagnostic);
     }
 
     /// Whether a structural problem was already reported at or above `path`
@@ -1332,13 +1355,29 @@ fn check_role(ctx: &mut DocCtx<'_, '_>, role: &RoleSpec, index: &Index<'_>) {
         ctx.error(&root.key("permissions"), "role grants no permissions", None);
     }
     let known: Vec<&str> = PERMISSIONS.iter().map(|(name, _)| *name).collect();
+    let mut seen = BTreeSet::new();
     for (i, permission) in role.permissions.iter().enumerate() {
         let path = root.key("permissions").index(i);
+        if !seen.insert(permission) {
+            ctx.error(&path, format!("`{permission}` is listed twice"), None);
+            continue;
+        }
         if known.contains(&permission.as_str()) {
             continue;
         }
         if let Some(script) = permission.strip_prefix(SCRIPT_RUN_PREFIX) {
-            ctx.reference(index, Kind::Script, &path, script);
+            if script.is_empty() {
+                ctx.error(
+                    &path,
+                    format!("`{permission}` names no script"),
+                    Some(format!(
+                        "write `{SCRIPT_RUN_PREFIX}<script>` for one script, or `{}` for every script",
+                        Permission::ScriptsRun
+                    )),
+                );
+            } else {
+                ctx.reference(index, Kind::Script, &path, script);
+            }
             continue;
         }
         let hint = suggest::did_you_mean(permission, known.iter().copied()).or_else(|| {
@@ -1357,8 +1396,22 @@ fn check_role_binding(ctx: &mut DocCtx<'_, '_>, binding: &RoleBindingSpec, index
     if binding.subjects.is_empty() {
         ctx.error(&root.key("subjects"), "binding has no subjects", None);
     }
+    let mut seen = BTreeSet::new();
     for (i, subject) in binding.subjects.iter().enumerate() {
         let path = root.key("subjects").index(i);
+        let (key, name) = match subject {
+            Subject::User(name) => ("user", name),
+            Subject::Team(name) => ("team", name),
+            Subject::Token(name) => ("token", name),
+        };
+        if !seen.insert(subject) {
+            ctx.error(
+                &path.key(key),
+                format!("{key} `{name}` is listed twice"),
+                None,
+            );
+            continue;
+        }
         match subject {
             Subject::User(user) => check_name(ctx, &path.key("user"), user, "user name"),
             Subject::Token(token) => check_name(ctx, &path.key("token"), token, "token name"),
@@ -1374,8 +1427,101 @@ fn check_role_binding(ctx: &mut DocCtx<'_, '_>, binding: &RoleBindingSpec, index
                 Some("list groups, or write `scope: fleet` for every host".into()),
             );
         }
+        let mut seen = BTreeSet::new();
         for (i, group) in groups.iter().enumerate() {
-            ctx.reference(index, Kind::Group, &path.index(i), group);
+            if seen.insert(group) {
+                ctx.reference(index, Kind::Group, &path.index(i), group);
+            } else {
+                ctx.error(
+                    &path.index(i),
+                    format!("group `{group}` is listed twice"),
+                    None,
+                );
+            }
         }
+        // Fleet-wide permissions act on the controller, not on hosts, so a
+        // binding scoped to groups cannot grant them: the role works, but
+        // less than its author probably meant. `*` is exempt: binding it to
+        // groups is the way to say "everything on these hosts".
+        if let Some(role) = index.roles.get(binding.role.as_str()) {
+            let fleet_wide: BTreeSet<Permission> = role
+                .permissions
+                .iter()
+                .filter_map(|p| Permission::parse(p))
+                .filter(|p| p.is_fleet_wide())
+                .collect();
+            if !fleet_wide.is_empty() {
+                let names: Vec<String> = fleet_wide.iter().map(|p| format!("`{p}`")).collect();
+                let listed = match names.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => {
+                        format!("{} and {last}", rest.join(", "))
+                    }
+                    _ => names.concat(),
+                };
+                ctx.warning(
+                    &root.key("scope"),
+                    format!(
+                        "role `{}` grants fleet-wide {listed}, which a binding scoped to groups does not grant",
+                        binding.role,
+                    ),
+                    Some(
+                        "grant fleet-wide permissions in a binding with `scope: fleet`, or remove them from the role"
+                            .into(),
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use crate::{Severity, load_repo};
+
+    const RBAC: &str = "apiVersion: muster/v1
+kind: Group
+name: web
+selector: {role: web}
+---
+apiVersion: muster/v1
+kind: Role
+name: operator
+permissions: [hosts:read, commits:read, \"*\"]
+---
+apiVersion: muster/v1
+kind: RoleBinding
+name: web-operators
+role: operator
+subjects: [{user: bob}]
+scope: {groups: [web]}
+---
+apiVersion: muster/v1
+kind: RoleBinding
+name: operators
+role: operator
+subjects: [{user: carol}]
+scope: fleet
+";
+
+    #[test]
+    fn fleet_wide_permission_in_a_group_binding_is_a_warning_not_an_error() {
+        let validation = load_repo([("rbac.yaml", RBAC.as_bytes())], &BTreeSet::new());
+        assert!(validation.model.is_some(), "{:#?}", validation.diagnostics);
+        let reported: Vec<(Severity, &str, u32)> = validation
+            .diagnostics
+            .iter()
+            .map(|d| (d.severity, d.message.as_str(), d.line))
+            .collect();
+        // Only the group-scoped binding; `*` does not count as listing them.
+        assert_eq!(
+            reported,
+            [(
+                Severity::Warning,
+                "role `operator` grants fleet-wide `commits:read`, which a binding scoped to groups does not grant",
+                16
+            )]
+        );
     }
 }
