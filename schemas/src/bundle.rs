@@ -103,7 +103,7 @@ pub struct BundleCheck {
 /// values (check remediation parameters) keep the order they were given in,
 /// which the compiler sorts. Numbers are integers, or floats written by
 /// `ryu`, which prints each value one way.
-fn canonical_json<T: Serialize>(value: &T) -> String {
+pub(crate) fn canonical_json<T: Serialize>(value: &T) -> String {
     // Serializing into memory cannot fail for these types: they write no
     // map with a non-string key and no non-finite float (serde_json values
     // cannot hold one).
@@ -329,14 +329,43 @@ impl std::error::Error for BundleError {}
 
 /// Parses a pinned public key: the base64 line agents pin, or the whole
 /// text of a minisign `.pub` file (untrusted comment, then the key).
-fn parse_public_key(text: &str) -> Result<minisign_verify::PublicKey, BundleError> {
+fn parse_public_key(text: &str) -> Option<minisign_verify::PublicKey> {
     let text = text.trim();
     let key = if text.contains('\n') {
         minisign_verify::PublicKey::decode(text)
     } else {
         minisign_verify::PublicKey::from_base64(text)
     };
-    key.map_err(|_| BundleError::InvalidPublicKey)
+    key.ok()
+}
+
+/// Which of the signature checks shared by bundles and jobs failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignatureFailure {
+    InvalidPublicKey,
+    MalformedSignature,
+    UnknownKey,
+    BadSignature,
+}
+
+/// Verifies a minisign signature over `bytes` with the pinned key, and
+/// returns the signature's trusted comment, which the global signature
+/// covers. Legacy (non-prehashed) signatures are refused: the controller
+/// never makes them, so one can only come from somewhere else.
+pub(crate) fn verify_signature(
+    public_key: &str,
+    bytes: &[u8],
+    signature: &str,
+) -> Result<String, SignatureFailure> {
+    let key = parse_public_key(public_key).ok_or(SignatureFailure::InvalidPublicKey)?;
+    let signature = minisign_verify::Signature::decode(signature)
+        .map_err(|_| SignatureFailure::MalformedSignature)?;
+    key.verify(bytes, &signature, false)
+        .map_err(|err| match err {
+            minisign_verify::Error::UnexpectedKeyId => SignatureFailure::UnknownKey,
+            _ => SignatureFailure::BadSignature,
+        })?;
+    Ok(signature.trusted_comment().to_string())
 }
 
 /// Checks a signed bundle the way an agent must before applying it, and
@@ -352,17 +381,14 @@ pub fn verify(
     last_applied_generation: u64,
     now: i64,
 ) -> Result<Bundle, BundleError> {
-    let key = parse_public_key(public_key)?;
-    let signature = minisign_verify::Signature::decode(&signed.signature)
-        .map_err(|_| BundleError::MalformedSignature)?;
-    // Legacy (non-prehashed) signatures are refused: the controller never
-    // makes them, so one can only come from somewhere else.
-    key.verify(signed.bundle.as_bytes(), &signature, false)
-        .map_err(|err| match err {
-            minisign_verify::Error::UnexpectedKeyId => BundleError::UnknownKey,
-            _ => BundleError::BadSignature,
+    let comment = verify_signature(public_key, signed.bundle.as_bytes(), &signed.signature)
+        .map_err(|failure| match failure {
+            SignatureFailure::InvalidPublicKey => BundleError::InvalidPublicKey,
+            SignatureFailure::MalformedSignature => BundleError::MalformedSignature,
+            SignatureFailure::UnknownKey => BundleError::UnknownKey,
+            SignatureFailure::BadSignature => BundleError::BadSignature,
         })?;
-    let comment: TrustedComment = signature.trusted_comment().parse()?;
+    let comment: TrustedComment = comment.parse()?;
     let bundle: Bundle = serde_json::from_str(&signed.bundle)
         .map_err(|err| BundleError::Malformed(err.to_string()))?;
     // The comment is signed too; a bundle whose header disagrees with it was

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod cron;
 pub mod de;
 pub mod diagnostic;
+pub mod job;
 pub mod load;
 pub mod model;
 pub mod protocol;

@@ -157,6 +157,120 @@ pub struct Report {
     pub metrics: Option<Metrics>,
 }
 
+/// `GET /v1/hosts/{id}/jobs`: the jobs for the host, each signed
+/// ([`crate::job::SignedJob`]), oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsResponse {
+    pub jobs: Vec<crate::job::SignedJob>,
+}
+
+/// `POST /v1/hosts/{id}/jobs/{job}/started`: the agent is about to run the
+/// job. Only informative: the result is what counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobStarted {
+    pub job_id: String,
+    pub started_at: i64,
+}
+
+/// How a job ended on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobResultState {
+    /// It ran and exited with status 0.
+    Succeeded,
+    /// It ran and failed: a non-zero exit, a signal, or it could not be
+    /// started; or the agent stopped while it ran.
+    Failed,
+    /// It ran past its timeout and its process group was killed.
+    TimedOut,
+    /// It was not run: it failed verification (signature, host, expiry),
+    /// or cannot run here (`sandboxed`), or is malformed. `message` says
+    /// why.
+    Refused,
+}
+
+impl JobResultState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobResultState::Succeeded => "succeeded",
+            JobResultState::Failed => "failed",
+            JobResultState::TimedOut => "timed_out",
+            JobResultState::Refused => "refused",
+        }
+    }
+}
+
+/// Bytes of stdout, and separately of stderr, a job result carries (the
+/// truncation marker comes on top).
+pub const JOB_OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// Ends job output that was cut at [`JOB_OUTPUT_LIMIT`].
+pub const JOB_OUTPUT_TRUNCATED: &str = "… truncated";
+
+/// `POST /v1/hosts/{id}/jobs/{job}/result`: how a job ended. Sending the
+/// same result again is harmless: the controller answers `200` and keeps
+/// the first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobResult {
+    pub job_id: String,
+    pub state: JobResultState,
+    /// The exit code, when the program exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// stdout, bounded to [`JOB_OUTPUT_LIMIT`] bytes plus a truncation
+    /// marker.
+    #[serde(default)]
+    pub stdout: String,
+    /// stderr, bounded likewise.
+    #[serde(default)]
+    pub stderr: String,
+    /// Why it was refused or failed without running (unset otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub started_at: i64,
+    pub finished_at: i64,
+}
+
+impl JobResult {
+    /// The result with stdout and stderr cut to [`JOB_OUTPUT_LIMIT`] bytes
+    /// each (on a character boundary), marked where cut. Output that the
+    /// agent already bounded, marker included, is left as it is.
+    pub fn bounded(mut self) -> JobResult {
+        self.stdout = bound_output(self.stdout);
+        self.stderr = bound_output(self.stderr);
+        if let Some(message) = self.message.take() {
+            self.message = Some(bound_output(message));
+        }
+        self
+    }
+}
+
+/// `text` cut to [`JOB_OUTPUT_LIMIT`] bytes, with a marker, when longer
+/// than the limit and room for the marker.
+pub fn bound_output(text: String) -> String {
+    // The agent's own marker says how many bytes there were in all.
+    const MARKER_ROOM: usize = 64;
+    if text.len() <= JOB_OUTPUT_LIMIT + MARKER_ROOM {
+        return text;
+    }
+    let mut end = JOB_OUTPUT_LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut bounded = text[..end].to_string();
+    if !bounded.ends_with('\n') {
+        bounded.push('\n');
+    }
+    bounded.push_str(&format!(
+        "{JOB_OUTPUT_TRUNCATED} ({} bytes in all)",
+        text.len()
+    ));
+    bounded
+}
+
 /// Request signing shared by the agent and the controller.
 pub mod auth {
     use hmac::{Hmac, Mac};
