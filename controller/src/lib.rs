@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod compile;
+pub mod jobs;
 pub mod reconcile;
 pub mod repo;
 pub mod server;

@@ -24,6 +24,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use blake2::{Blake2b512, Digest as _};
 use ed25519_dalek::Signer as _;
 use muster_schemas::bundle::{Bundle, SignedBundle};
+use muster_schemas::job::{Job, SignedJob};
 
 /// The secret key's file name in the data dir.
 pub const SECRET_KEY_FILE: &str = "signing.key";
@@ -34,6 +35,9 @@ pub const PUBLIC_KEY_FILE: &str = "signing.pub";
 /// The untrusted comment of every bundle signature. It is not signed, so
 /// it says nothing agents rely on.
 const UNTRUSTED_COMMENT: &str = "muster bundle signature";
+
+/// The untrusted comment of every job signature; not signed either.
+const JOB_UNTRUSTED_COMMENT: &str = "muster job signature";
 
 /// The untrusted comment of the secret key file, for people who find it.
 const SECRET_KEY_COMMENT: &str =
@@ -83,6 +87,9 @@ pub enum SigningError {
     /// The bundle's host id or commit cannot be written into the trusted
     /// comment (empty, or holding whitespace or control characters).
     Unsignable { host_id: String, commit: String },
+    /// The job's host id or job id cannot be written into the trusted
+    /// comment.
+    UnsignableJob { host_id: String, job_id: String },
     /// Key generation failed (the system's random source), or a key is
     /// inconsistent.
     Crypto(String),
@@ -95,7 +102,7 @@ impl SigningError {
             SigningError::Io { .. } => "io",
             SigningError::InsecureKeyFile { .. } => "insecure_key_file",
             SigningError::InvalidKey { .. } => "invalid_key",
-            SigningError::Unsignable { .. } => "unsignable",
+            SigningError::Unsignable { .. } | SigningError::UnsignableJob { .. } => "unsignable",
             SigningError::Crypto(_) => "crypto",
         }
     }
@@ -126,6 +133,10 @@ impl fmt::Display for SigningError {
             SigningError::Unsignable { host_id, commit } => write!(
                 f,
                 "cannot sign a bundle for host id `{host_id}` at commit `{commit}`: ids must be non-empty and free of whitespace and control characters"
+            ),
+            SigningError::UnsignableJob { host_id, job_id } => write!(
+                f,
+                "cannot sign job `{job_id}` for host id `{host_id}`: ids must be non-empty and free of whitespace and control characters"
             ),
             SigningError::Crypto(reason) => write!(f, "cannot make a signing key: {reason}"),
         }
@@ -323,10 +334,41 @@ impl SigningKey {
         })
     }
 
+    /// Signs a job's canonical JSON. The trusted comment carries the host
+    /// id, the job id and the expiry under the `muster-job` tag, which no
+    /// bundle signature has, so that a job signature never passes for a
+    /// bundle's or the other way round. Ids that the comment cannot carry
+    /// are refused.
+    pub fn sign_job(&self, job: &Job) -> Result<SignedJob, SigningError> {
+        let comment = job.trusted_comment();
+        if !comment.is_representable() {
+            return Err(SigningError::UnsignableJob {
+                host_id: job.host_id.clone(),
+                job_id: job.job_id.clone(),
+            });
+        }
+        let text = job.to_canonical_json_string();
+        let signature =
+            self.sign_bytes_with(text.as_bytes(), &comment.to_string(), JOB_UNTRUSTED_COMMENT);
+        Ok(SignedJob {
+            job: text,
+            signature,
+        })
+    }
+
     /// A minisign signature file over `bytes`: Ed25519 over their
     /// BLAKE2b-512, then a global signature over that signature and the
     /// trusted comment, which is how the comment gets signed.
     fn sign_bytes(&self, bytes: &[u8], trusted_comment: &str) -> String {
+        self.sign_bytes_with(bytes, trusted_comment, UNTRUSTED_COMMENT)
+    }
+
+    fn sign_bytes_with(
+        &self,
+        bytes: &[u8],
+        trusted_comment: &str,
+        untrusted_comment: &str,
+    ) -> String {
         let signature = self.signer.sign(&Blake2b512::digest(bytes)).to_bytes();
         let mut signed_comment = Vec::with_capacity(signature.len() + trusted_comment.len());
         signed_comment.extend_from_slice(&signature);
@@ -337,7 +379,7 @@ impl SigningKey {
         line.extend_from_slice(&self.key_id);
         line.extend_from_slice(&signature);
         format!(
-            "untrusted comment: {UNTRUSTED_COMMENT}\n{}\ntrusted comment: {trusted_comment}\n{}\n",
+            "untrusted comment: {untrusted_comment}\n{}\ntrusted comment: {trusted_comment}\n{}\n",
             BASE64.encode(line),
             BASE64.encode(global)
         )
@@ -605,6 +647,52 @@ mod tests {
             refused(&plain_comment, "h-1", 4, NOW).metric_label(),
             "malformed_comment"
         );
+    }
+
+    #[test]
+    fn jobs_are_signed_with_their_own_comment_and_verify() {
+        use muster_schemas::job::{JobKind, verify_job};
+        let key = SigningKey::generate().expect("a key");
+        let job = Job {
+            job_id: "j-1".into(),
+            host_id: "h-1".into(),
+            issued_at: NOW - 60,
+            expires_at: NOW + 600,
+            action: "a-1".into(),
+            kind: JobKind::Reboot,
+        };
+        let signed = key.sign_job(&job).expect("signed");
+        assert_eq!(
+            verify_job(&key.public_key(), &signed, "h-1", NOW).expect("verifies"),
+            job
+        );
+        let lines: Vec<&str> = signed.signature.lines().collect();
+        assert_eq!(lines[0], "untrusted comment: muster job signature");
+        assert_eq!(
+            lines[2],
+            "trusted comment: muster-job host=h-1 job=j-1 expires=1800000600"
+        );
+        // The reference implementation accepts it too.
+        let public = minisign::PublicKey::from_base64(&key.public_key()).expect("a key");
+        let signature = minisign::SignatureBox::from_string(&signed.signature).expect("parses");
+        minisign::verify(
+            &public,
+            &signature,
+            std::io::Cursor::new(signed.job.as_bytes()),
+            true,
+            false,
+            false,
+        )
+        .expect("minisign accepts it");
+        for (host_id, job_id) in [("h 1", "j-1"), ("h-1", ""), ("h-1", "j\n1")] {
+            let bad = Job {
+                host_id: host_id.into(),
+                job_id: job_id.into(),
+                ..job.clone()
+            };
+            let error = key.sign_job(&bad).expect_err("refused");
+            assert_eq!(error.metric_label(), "unsignable");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The agent API (`/v1`): enrollment, bundle long polling, reports and the
-//! public key agents pin.
+//! The agent API (`/v1`): enrollment, bundle long polling, reports, job
+//! long polling and job results, and the public key agents pin.
 
 use std::time::Duration;
 
@@ -10,7 +10,11 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use muster_schemas::protocol::{EnrollRequest, EnrollResponse, HostState, Report, RunStatus};
+use muster_schemas::job::is_valid_job_id;
+use muster_schemas::protocol::{
+    EnrollRequest, EnrollResponse, HostState, JobResult, JobStarted, JobsResponse, Report,
+    RunStatus,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -19,12 +23,17 @@ use std::sync::Arc;
 use super::auth::authenticate;
 use super::cache::{CachedBundle, CachedHost};
 use super::{ApiError, AppState, now};
-use crate::store::{EnrollRefusal, HostRecord};
+use crate::store::{EnrollRefusal, HostRecord, ResultOutcome, StartOutcome};
 
 /// Enrollment requests carry a token, a name and a few facts.
 pub const MAX_ENROLL_BODY: usize = 64 << 10;
 /// Reports carry per-resource results and diffs.
 pub const MAX_REPORT_BODY: usize = 4 << 20;
+/// A `started` notice is a job id and a time.
+pub const MAX_JOB_NOTICE_BODY: usize = 4 << 10;
+/// A job result carries up to 64 KiB each of stdout and stderr, which JSON
+/// escaping can make up to six times longer.
+pub const MAX_JOB_RESULT_BODY: usize = 1 << 20;
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -37,6 +46,15 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route(
             "/v1/hosts/{id}/reports",
             post(report).layer(DefaultBodyLimit::max(MAX_REPORT_BODY)),
+        )
+        .route("/v1/hosts/{id}/jobs", get(jobs))
+        .route(
+            "/v1/hosts/{id}/jobs/{job}/started",
+            post(job_started).layer(DefaultBodyLimit::max(MAX_JOB_NOTICE_BODY)),
+        )
+        .route(
+            "/v1/hosts/{id}/jobs/{job}/result",
+            post(job_result).layer(DefaultBodyLimit::max(MAX_JOB_RESULT_BODY)),
         )
         .with_state(state)
 }
@@ -238,6 +256,156 @@ async fn report(
         )
         .await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize)]
+struct JobsQuery {
+    /// Seconds to hold the request when the host has no job.
+    #[serde(default)]
+    wait: u64,
+}
+
+/// `GET /v1/hosts/{id}/jobs?wait=S`: the host's jobs, claimed for it
+/// (`Store::jobs_for_host`), at once when it has some; otherwise held
+/// until one is queued for it or `S` seconds (capped like bundle polls)
+/// passed, then `204`.
+async fn jobs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<JobsQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let host = authenticate(&state, &method, &uri, &headers, &body, now()).await?;
+    own_and_approved(&host, &id)?;
+    ensure_job_sweep(&state);
+    // Subscribe before reading, so that a job queued in between wakes us.
+    let mut queued = state.hub.subscribe_jobs(&host.id);
+    let found = state.store.jobs_for_host(&host.id, now()).await?;
+    if !found.is_empty() {
+        return Ok(jobs_response(found));
+    }
+    let wait = Duration::from_secs(query.wait).min(state.long_poll_limit);
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::time::timeout_at(deadline, queued.changed())
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {
+        let found = state.store.jobs_for_host(&host.id, now()).await?;
+        if !found.is_empty() {
+            return Ok(jobs_response(found));
+        }
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn jobs_response(jobs: Vec<muster_schemas::job::SignedJob>) -> Response {
+    axum::Json(JobsResponse { jobs }).into_response()
+}
+
+/// Starts this server's job sweep (`jobs::run_sweep`) with the first job
+/// poll: it wakes long polls for jobs queued by others and expires jobs.
+fn ensure_job_sweep(state: &AppState) {
+    if state.hub.start_job_sweep() {
+        tokio::spawn(crate::jobs::run_sweep(
+            state.store.clone(),
+            Arc::downgrade(&state.hub),
+        ));
+    }
+}
+
+/// Refuses job notices about another host, and job ids that are not ids.
+fn own_job(host: &CachedHost, id: &str, job_id: &str) -> Result<(), ApiError> {
+    if host.id != id {
+        return Err(ApiError::forbidden(
+            "a host can only report on its own jobs",
+        ));
+    }
+    if !is_valid_job_id(job_id) {
+        return Err(ApiError::bad_request("invalid job id"));
+    }
+    Ok(())
+}
+
+fn job_mismatch(job_id: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "the body is about another job than `{job_id}` in the path"
+    ))
+}
+
+fn unknown_job(job_id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("unknown job `{job_id}`"))
+}
+
+fn other_hosts_job(job_id: &str) -> ApiError {
+    ApiError::forbidden(format!("job `{job_id}` belongs to another host"))
+}
+
+/// `POST /v1/hosts/{id}/jobs/{job}/started`.
+async fn job_started(
+    State(state): State<AppState>,
+    Path((id, job_id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let now = now();
+    let host = authenticate(&state, &method, &uri, &headers, &body, now).await?;
+    own_job(&host, &id, &job_id)?;
+    let notice: JobStarted = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::bad_request(format!("invalid started notice: {err}")))?;
+    if notice.job_id != job_id {
+        return Err(job_mismatch(&job_id));
+    }
+    match state
+        .store
+        .record_started(&host.id, &job_id, notice.started_at, now)
+        .await?
+    {
+        StartOutcome::Started | StartOutcome::Unchanged => Ok(StatusCode::OK),
+        StartOutcome::NotFound => Err(unknown_job(&job_id)),
+        StartOutcome::OtherHost => Err(other_hosts_job(&job_id)),
+    }
+}
+
+/// `POST /v1/hosts/{id}/jobs/{job}/result`: stores the result (the same
+/// one again is a no-op `200`) and moves the job's action on.
+async fn job_result(
+    State(state): State<AppState>,
+    Path((id, job_id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let now = now();
+    let host = authenticate(&state, &method, &uri, &headers, &body, now).await?;
+    own_job(&host, &id, &job_id)?;
+    let result: JobResult = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::bad_request(format!("invalid job result: {err}")))?;
+    if result.job_id != job_id {
+        return Err(job_mismatch(&job_id));
+    }
+    match state.store.record_result(&host.id, &result).await? {
+        ResultOutcome::Recorded { action_id } => {
+            tracing::info!(
+                host = %host.id,
+                job = %job_id,
+                action = %action_id,
+                state = result.state.as_str(),
+                "job result"
+            );
+            crate::jobs::release_and_notify(&state.store, &state.hub, &action_id, now).await?;
+            Ok(StatusCode::OK)
+        }
+        ResultOutcome::Duplicate => Ok(StatusCode::OK),
+        ResultOutcome::Conflict(message) => Err(ApiError::new(StatusCode::CONFLICT, message)),
+        ResultOutcome::NotFound => Err(unknown_job(&job_id)),
+        ResultOutcome::OtherHost => Err(other_hosts_job(&job_id)),
+    }
 }
 
 #[cfg(test)]

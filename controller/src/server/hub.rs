@@ -1,8 +1,15 @@
 //! Long-poll fan-out: agents waiting for a newer bundle are woken the
-//! moment one is published for their host.
+//! moment one is published for their host, and agents waiting for jobs the
+//! moment one is queued for their host.
+//!
+//! Job wake-ups come from this process (an action created here, a result
+//! that moved a rollout on) and from the job sweep
+//! (`agent_api::sweep_jobs`), which finds jobs queued by anyone else
+//! (another replica, the CLI) in the database every second.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
@@ -11,6 +18,18 @@ use tokio::sync::watch;
 #[derive(Debug, Default)]
 pub struct Hub {
     hosts: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Per host waiting for jobs, a counter of wake-ups.
+    jobs: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Set on shutdown: waits end and the job sweep stops.
+    closed: AtomicBool,
+    /// Whether the job sweep was started.
+    sweeping: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Hub {
@@ -44,12 +63,49 @@ impl Hub {
         hosts.retain(|_, sender| sender.receiver_count() > 0);
     }
 
+    /// A receiver that changes when a job is queued for `host_id`.
+    /// Subscribe *before* looking for jobs, as with bundles.
+    pub fn subscribe_jobs(&self, host_id: &str) -> watch::Receiver<u64> {
+        lock(&self.jobs)
+            .entry(host_id.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Wakes the agents waiting for jobs on these hosts.
+    pub fn notify_jobs<'a>(&self, host_ids: impl IntoIterator<Item = &'a str>) {
+        let mut jobs = lock(&self.jobs);
+        for host_id in host_ids {
+            if let Some(sender) = jobs.get(host_id) {
+                sender.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+        jobs.retain(|_, sender| sender.receiver_count() > 0);
+    }
+
+    /// The hosts whose agents wait for jobs now.
+    pub fn waiting_for_jobs(&self) -> Vec<String> {
+        let mut jobs = lock(&self.jobs);
+        jobs.retain(|_, sender| sender.receiver_count() > 0);
+        jobs.keys().cloned().collect()
+    }
+
+    /// True the first time it is called: whoever gets true starts the job
+    /// sweep, so that there is one per hub.
+    pub fn start_job_sweep(&self) -> bool {
+        !self.sweeping.swap(true, Ordering::SeqCst)
+    }
+
+    /// Whether [`close_all`](Self::close_all) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     /// Ends every wait: on shutdown, long polls answer at once.
     pub fn close_all(&self) {
-        self.hosts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
+        self.closed.store(true, Ordering::SeqCst);
+        lock(&self.hosts).clear();
+        lock(&self.jobs).clear();
     }
 
     /// How many hosts have a waiting request, for metrics.
@@ -74,5 +130,25 @@ mod tests {
         drop(b);
         hub.publish([("b", 1)]);
         assert_eq!(hub.n_waiting_hosts(), 1);
+    }
+
+    #[tokio::test]
+    async fn queued_jobs_wake_only_that_host() {
+        let hub = Hub::default();
+        let mut a = hub.subscribe_jobs("a");
+        let b = hub.subscribe_jobs("b");
+        let mut bundles = hub.subscribe("a");
+        hub.notify_jobs(["a"]);
+        a.changed().await.unwrap();
+        assert!(!b.has_changed().unwrap());
+        assert!(!bundles.has_changed().unwrap(), "jobs are not bundles");
+        drop(b);
+        assert_eq!(hub.waiting_for_jobs(), vec!["a".to_string()]);
+        assert!(hub.start_job_sweep());
+        assert!(!hub.start_job_sweep(), "one sweep per hub");
+        hub.close_all();
+        assert!(hub.is_closed());
+        assert!(a.changed().await.is_err(), "closing ends the wait");
+        assert!(bundles.changed().await.is_err());
     }
 }

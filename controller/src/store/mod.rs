@@ -6,6 +6,7 @@
 //! text, `$n` placeholders. Each backend has its own migration folder,
 //! embedded in the binary and applied at start.
 
+mod jobs;
 mod migrate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,12 @@ use muster_schemas::protocol::HostState;
 use serde_json::{Map, Value};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
+
+pub use jobs::{
+    ActionRecord, ActionState, CancelOutcome, DELIVERY_LEASE_SECS, EXPIRY_GRACE_SECS, JobFilter,
+    JobRecord, JobSource, JobState, MAX_JOBS_PER_POLL, NewAction, NewJob, Release, ResultOutcome,
+    StartOutcome,
+};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@ mod controller;
 mod corpus;
 mod db;
 mod harness;
+mod jobs_store;
 mod quickstart;
 mod robustness;
 mod source;
