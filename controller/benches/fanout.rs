@@ -296,6 +296,8 @@ fn controller_main(spec: &str) {
         long_poll: Duration::from_secs(60),
         webhook_secret: Some(WEBHOOK_SECRET.into()),
         tls: None,
+        audit_remote: None,
+        user_auth: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("muster-srv")

@@ -47,6 +47,32 @@ pub enum Command {
         #[command(subcommand)]
         command: CommitsCommand,
     },
+    /// Add, remove and list users, and change their passwords.
+    ///
+    /// Works on the controller's database. Passwords are asked without
+    /// echo on a terminal; otherwise the first line of stdin is the password.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Create, list and revoke API tokens for the user API.
+    Apitoken {
+        #[command(subcommand)]
+        command: ApiTokenCommand,
+    },
+    /// Log in to a controller and keep the session for later commands.
+    ///
+    /// The session goes to $XDG_CONFIG_HOME/muster/session.json (else
+    /// ~/.config/muster/session.json), readable by you only. The password is
+    /// asked without echo on a terminal; otherwise the first line of stdin.
+    Login(LoginArgs),
+    /// End the session `muster login` stored.
+    Logout,
+    /// Read and check the audit repository.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 /// Where the controller keeps its state.
@@ -102,6 +128,10 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "MUSTER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Push the audit repository to this Git remote after each commit
+    /// (failures are logged and retried, never blocking an action).
+    #[arg(long, env = "MUSTER_AUDIT_REMOTE", hide_env_values = true)]
+    pub audit_remote: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -243,4 +273,93 @@ pub struct SchemaArgs {
     /// Write every schema file into this directory instead of printing.
     #[arg(long, value_name = "DIR", conflicts_with = "kind")]
     pub write: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; it may do what RoleBindings in the fleet repo grant it.
+    Add {
+        name: String,
+        /// Make a break-glass admin: may do everything, and its every
+        /// login and request is written to the audit repository.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Change a user's password; its sessions end.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Remove a user; its sessions and API tokens are revoked.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List users (never their passwords).
+    List(DataOnly),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiTokenCommand {
+    /// Create an API token acting for a user; it is printed only once.
+    Create {
+        /// The user the token acts for.
+        #[arg(long)]
+        user: String,
+        /// The token's name, unique among tokens not revoked; RoleBindings
+        /// grant roles to it as `token: NAME`.
+        #[arg(long)]
+        name: String,
+        /// How long it stays valid, such as 30d [default: until revoked].
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List API tokens (never the tokens themselves).
+    List(DataOnly),
+    /// Revoke an API token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The controller's URL.
+    #[arg(long, env = "MUSTER_SERVER")]
+    pub server: String,
+    /// Your user name.
+    #[arg(long, env = "MUSTER_USER")]
+    pub user: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Show audit records, newest first.
+    Log {
+        /// Only records since then: a duration such as 24h or 7d, a date
+        /// such as 2026-11-29, or an RFC 3339 time.
+        #[arg(long, value_name = "DURATION|DATE")]
+        since: Option<String>,
+        /// Only actions of this user (with their outcomes).
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Check that the audit repository's chain is intact: every commit
+    /// parses, and its record matches its message and author.
+    ///
+    /// Exits 0 when it is, 1 when it has problems.
+    Verify {
+        #[command(flatten)]
+        data: DataArgs,
+    },
 }

@@ -4,6 +4,7 @@
 //! returns an [`ExitCode`] or an [`Error`], which `main` prints and maps to
 //! exit code 2 (usage or I/O error). Commands print their own results.
 
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod compile;
@@ -108,6 +109,13 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         cli::Command::Token { command } => runtime()?.block_on(commands::admin::token(command)),
         cli::Command::Hosts { command } => runtime()?.block_on(commands::admin::hosts(command)),
         cli::Command::Commits { command } => runtime()?.block_on(commands::admin::commits(command)),
+        cli::Command::User { command } => runtime()?.block_on(commands::users::user(command)),
+        cli::Command::Apitoken { command } => {
+            runtime()?.block_on(commands::users::apitoken(command))
+        }
+        cli::Command::Login(args) => runtime()?.block_on(commands::users::login(args)),
+        cli::Command::Logout => runtime()?.block_on(commands::users::logout()),
+        cli::Command::Audit { command } => runtime()?.block_on(commands::audit::audit(command)),
     }
 }
 

@@ -663,7 +663,7 @@ fn check_signature(
 
 /// Answers libgit2's requests for credentials: each kind is offered once,
 /// since libgit2 asks again after a refusal and would otherwise loop.
-fn credentials(
+pub(crate) fn credentials(
     config: Option<&git2::Config>,
     tried: &mut CredentialType,
     url: &str,
@@ -777,7 +777,7 @@ fn ssh_url(url: &str) -> Result<String, SourceError> {
 /// Removes the user info (`user:password@`) from every URL in `text`: the
 /// user name goes too, since hosts take tokens as user names
 /// (`https://TOKEN@host/…`).
-fn redact_credentials(text: &str) -> String {
+pub(crate) fn redact_credentials(text: &str) -> String {
     let mut redacted = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {

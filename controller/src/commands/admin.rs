@@ -35,7 +35,7 @@ pub fn ago(unix: i64, now: i64) -> String {
 }
 
 /// Prints rows as aligned columns, or `empty` when there are none.
-fn table(header: &[&str], rows: &[Vec<String>], empty: &str) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>], empty: &str) {
     if rows.is_empty() {
         println!("{empty}");
         return;

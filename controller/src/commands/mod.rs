@@ -1,7 +1,9 @@
 //! One module per `muster` subcommand.
 
 pub mod admin;
+pub mod audit;
 pub mod quickstart;
 pub mod schema;
 pub mod serve;
+pub mod users;
 pub mod validate;

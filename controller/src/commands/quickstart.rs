@@ -156,6 +156,8 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode, Error> {
         long_poll: Duration::from_secs(55),
         webhook_secret: None,
         tls: None,
+        audit_remote: None,
+        user_auth: Default::default(),
     };
     let running = serve::start(config).await.map_err(|err| match err {
         Error::Io { what, source } if source.kind() == std::io::ErrorKind::AddrInUse => {

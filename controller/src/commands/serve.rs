@@ -10,6 +10,7 @@ use muster_schemas::types::Duration as SpecDuration;
 use serde::Deserialize;
 
 use crate::Error;
+use crate::audit::AuditLog;
 use crate::cli::{DataArgs, ServeArgs};
 use crate::reconcile::{Reconciler, Trigger};
 use crate::server::{self, AppState};
@@ -79,6 +80,7 @@ struct FileConfig {
     long_poll: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    audit_remote: Option<String>,
 }
 
 /// The controller's settings, resolved.
@@ -95,6 +97,10 @@ pub struct Config {
     pub webhook_secret: Option<String>,
     /// PEM certificate chain and key: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Where the audit repository is pushed after each commit.
+    pub audit_remote: Option<String>,
+    /// Login limits, session lifetime and the clock of user authentication.
+    pub user_auth: server::user_auth::Settings,
 }
 
 fn duration(text: &str, what: &str) -> Result<Duration, Error> {
@@ -191,6 +197,11 @@ impl Config {
                 .ok()
                 .filter(|s| !s.is_empty()),
             tls,
+            audit_remote: args
+                .audit_remote
+                .or(file.audit_remote)
+                .filter(|s| !s.is_empty()),
+            user_auth: server::user_auth::Settings::default(),
         })
     }
 }
@@ -259,6 +270,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let caches = Arc::new(server::cache::Caches::default());
     let trigger = Trigger::default();
     let public_key: Arc<str> = key.public_key().into();
+    let audit = match &config.audit_remote {
+        Some(remote) => AuditLog::in_data_dir(&config.data.data_dir).with_remote(remote),
+        None => AuditLog::in_data_dir(&config.data.data_dir),
+    };
     let state = AppState {
         store: store.clone(),
         hub: Arc::clone(&hub),
@@ -268,6 +283,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         trigger: trigger.clone(),
         webhook_secret: config.webhook_secret.as_deref().map(Arc::from),
         long_poll_limit: config.long_poll,
+        audit: audit.clone(),
+        user_auth: Arc::new(server::user_auth::UserAuth::new(config.user_auth.clone())),
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -288,7 +305,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let _ = watch.wait_for(|stop| *stop).await;
     };
     let reconciling = tokio::spawn(reconciler.run(trigger, stopped(watch.clone())));
-    let router = server::router(state);
+    let _pushing = audit.spawn_pusher(stopped(watch.clone()));
+    // Handlers see the peer's address: login limits and audit records
+    // name it.
+    let service =
+        server::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let hub_for_shutdown = Arc::clone(&hub);
     let serve_shutdown = stopped(watch.clone());
     let tls = match &config.tls {
@@ -312,7 +333,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let task = tokio::spawn(async move {
         let result = match tls {
-            None => axum::serve(listener, router)
+            None => axum::serve(listener, service)
                 .with_graceful_shutdown(async move {
                     serve_shutdown.await;
                     // Waiting long polls end now rather than at their timeout.
@@ -332,7 +353,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                     Ok(listener) => match axum_server::from_tcp_rustls(listener, tls) {
                         Ok(server) => server
                             .handle(handle)
-                            .serve(router.into_make_service())
+                            .serve(service)
                             .await
                             .map_err(|err| Error::io("the HTTPS server failed", err)),
                         Err(err) => Err(Error::io("the HTTPS server failed", err)),

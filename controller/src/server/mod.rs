@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cache;
 pub mod hooks;
 pub mod hub;
+pub mod user_auth;
 
 use std::sync::Arc;
 
@@ -39,6 +40,11 @@ pub struct AppState {
     pub webhook_secret: Option<Arc<str>>,
     /// Longest a bundle request is held open.
     pub long_poll_limit: std::time::Duration,
+    /// The audit repository: user actions are committed here before they
+    /// happen (`audit.record(..)`, failing closed).
+    pub audit: crate::audit::AuditLog,
+    /// Login limits, sessions and the clock of user authentication.
+    pub user_auth: Arc<user_auth::UserAuth>,
 }
 
 /// The whole HTTP surface.
@@ -48,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .merge(agent_api::router(state.clone()))
         .merge(hooks::router(state.clone()))
+        .merge(user_auth::router(state.clone()))
         .with_state(state)
 }
 

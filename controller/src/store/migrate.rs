@@ -26,6 +26,11 @@ const SQLITE: &[Migration] = &[
         name: "jobs",
         sql: include_str!("../../migrations/sqlite/0002_jobs.sql"),
     },
+    Migration {
+        version: 3,
+        name: "users",
+        sql: include_str!("../../migrations/sqlite/0003_users.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -38,6 +43,11 @@ const POSTGRES: &[Migration] = &[
         version: 2,
         name: "jobs",
         sql: include_str!("../../migrations/postgres/0002_jobs.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "users",
+        sql: include_str!("../../migrations/postgres/0003_users.sql"),
     },
 ];
 

@@ -8,6 +8,7 @@
 
 mod jobs;
 mod migrate;
+mod users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -18,6 +19,11 @@ use muster_schemas::protocol::HostState;
 use serde_json::{Map, Value};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
+
+pub use users::{
+    ApiTokenRecord, AttemptGate, AttemptLimit, BearerRecord, UserRecord, address_subject,
+    user_subject,
+};
 
 pub use jobs::{
     ActionRecord, ActionState, CancelOutcome, DELIVERY_LEASE_SECS, EXPIRY_GRACE_SECS, JobFilter,

@@ -157,6 +157,8 @@ impl Harness {
             long_poll: Duration::from_secs(30),
             webhook_secret: Some(WEBHOOK_SECRET.into()),
             tls: None,
+            audit_remote: None,
+            user_auth: Default::default(),
         };
         adjust(&mut config);
         let scheme = if config.tls.is_some() {
