@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod compile;
 pub mod jobs;
+pub mod rbac;
 pub mod reconcile;
 pub mod repo;
 pub mod server;

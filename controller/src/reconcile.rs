@@ -8,7 +8,8 @@
 //! all lead to the same run. A commit is deployed all or nothing: if it
 //! does not load, validate, pass the signature policy or compile for every
 //! host, it is recorded as rejected with its diagnostics and the last good
-//! commit stays in force.
+//! commit stays in force. The access rules (RBAC) switch with the deployed
+//! commit, in the step that records it, and never for a rejected one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -22,6 +23,7 @@ use muster_schemas::{Diagnostic, Severity};
 use tokio::sync::Notify;
 
 use crate::compile::{self, HostInput, SourceFiles};
+use crate::rbac::{Access, AccessRules};
 use crate::server::cache::Caches;
 use crate::server::hub::Hub;
 use crate::server::now;
@@ -128,6 +130,9 @@ pub struct Reconciler {
     caches: Arc<Caches>,
     fetch_interval: Duration,
     deployed: tokio::sync::Mutex<Option<Deployed>>,
+    /// The access rules of the deployed commit, which request handlers
+    /// read; replaced whenever `deployed` is.
+    access: Access,
     last_fetch: Mutex<Option<tokio::time::Instant>>,
 }
 
@@ -156,8 +161,24 @@ impl Reconciler {
             caches,
             fetch_interval,
             deployed: tokio::sync::Mutex::new(None),
+            access: Access::default(),
             last_fetch: Mutex::new(None),
         }
+    }
+
+    /// Keeps the access rules of the deployed commit in `access`, the cell
+    /// that request handlers read.
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Loads the commit in force from Git (after a restart), so that its
+    /// access rules apply before the first request is served rather than
+    /// after the first run. Without a deployed commit, there is nothing to
+    /// load and the rules stay empty.
+    pub async fn load_deployed(&self) -> Result<(), ReconcileError> {
+        self.deployed_state().await.map(|_| ())
     }
 
     /// Runs until `shutdown` resolves: a run, then a wait for the trigger or
@@ -311,12 +332,21 @@ impl Reconciler {
         let hosts = self.approved_hosts().await?;
         let model = Arc::new(model);
         let sources = Arc::new(sources);
+        let access = AccessRules::compile(&head.id, Arc::clone(&model));
         let compiled = self.compile(&model, &sources, hosts.clone()).await?;
         let desired = match compiled {
             Ok(desired) => desired,
             Err(diagnostics) => return self.reject(&head, diagnostics).await,
         };
         let now = now();
+        // The deploy time, in whole seconds, is what makes a commit the one
+        // in force (`Store::deployed_commit`), at start and for other
+        // replicas: a commit deployed within the second of the previous one
+        // is stamped a second later, so that the newest deploy always wins.
+        let deployed_at = previous
+            .as_ref()
+            .and_then(|d| d.commit.deployed_at)
+            .map_or(now, |last| now.max(last.saturating_add(1)));
         let mut commit = CommitRecord {
             id: head.id.clone(),
             author: head.author.clone(),
@@ -326,13 +356,17 @@ impl Reconciler {
             diagnostics: serde_json::to_value(&diagnostics).unwrap_or_default(),
             n_changed: 0,
             recorded_at: now,
-            deployed_at: Some(now),
+            deployed_at: Some(deployed_at),
         };
         let changed = self
             .publish(&mut commit, &model, &hosts, desired, true)
             .await?;
         tracing::info!(commit = %head.id, hosts_changed = changed, "commit deployed");
-        *self.deployed.lock().await = Some(Deployed {
+        // The commit is recorded as deployed: its access rules are the ones
+        // in force from now on. A rejected commit never gets here.
+        let mut deployed = self.deployed.lock().await;
+        self.access.replace(access);
+        *deployed = Some(Deployed {
             commit,
             model,
             sources,
@@ -477,9 +511,14 @@ impl Reconciler {
         let (model, sources) = loaded.ok_or_else(|| {
             ReconcileError::Deployed(format!("deployed commit {} no longer validates", commit.id))
         })?;
+        let model = Arc::new(model);
+        // At start, or when another replica deployed a commit: the rules
+        // follow the commit in force, whoever deployed it.
+        self.access
+            .replace(AccessRules::compile(&commit.id, Arc::clone(&model)));
         let deployed = Deployed {
             commit,
-            model: Arc::new(model),
+            model,
             sources: Arc::new(sources),
         };
         *cached = Some(deployed.clone());

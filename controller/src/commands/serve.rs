@@ -231,6 +231,8 @@ fn init_logging() {
 pub struct Running {
     pub address: std::net::SocketAddr,
     pub public_key: String,
+    /// The access rules in force, as request handlers see them.
+    pub access: crate::rbac::Access,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -270,6 +272,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let caches = Arc::new(server::cache::Caches::default());
     let trigger = Trigger::default();
     let public_key: Arc<str> = key.public_key().into();
+    let access = crate::rbac::Access::default();
     let audit = match &config.audit_remote {
         Some(remote) => AuditLog::in_data_dir(&config.data.data_dir).with_remote(remote),
         None => AuditLog::in_data_dir(&config.data.data_dir),
@@ -283,6 +286,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         trigger: trigger.clone(),
         webhook_secret: config.webhook_secret.as_deref().map(Arc::from),
         long_poll_limit: config.long_poll,
+        access: access.clone(),
         audit: audit.clone(),
         user_auth: Arc::new(server::user_auth::UserAuth::new(config.user_auth.clone())),
     };
@@ -292,14 +296,22 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let address = listener
         .local_addr()
         .map_err(|err| Error::io("cannot read the listening address", err))?;
-    let reconciler = Arc::new(Reconciler::new(
-        store.clone(),
-        source,
-        Arc::clone(&key),
-        Arc::clone(&hub),
-        Arc::clone(&caches),
-        config.fetch_interval,
-    ));
+    let reconciler = Arc::new(
+        Reconciler::new(
+            store.clone(),
+            source,
+            Arc::clone(&key),
+            Arc::clone(&hub),
+            Arc::clone(&caches),
+            config.fetch_interval,
+        )
+        .with_access(access.clone()),
+    );
+    // The rules of the commit in force apply from the first request; if
+    // they cannot be loaded now, every run of the reconciler tries again.
+    if let Err(err) = reconciler.load_deployed().await {
+        tracing::warn!(error = %err, "cannot load the deployed commit yet; access rules are empty until it loads");
+    }
     let (shutdown, watch) = tokio::sync::watch::channel(false);
     let stopped = |mut watch: tokio::sync::watch::Receiver<bool>| async move {
         let _ = watch.wait_for(|stop| *stop).await;
@@ -370,6 +382,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     Ok(Running {
         address,
         public_key: public_key.to_string(),
+        access,
         shutdown,
         task,
     })

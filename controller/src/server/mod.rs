@@ -40,6 +40,10 @@ pub struct AppState {
     pub webhook_secret: Option<Arc<str>>,
     /// Longest a bundle request is held open.
     pub long_poll_limit: std::time::Duration,
+    /// The access rules (RBAC) of the deployed commit: call
+    /// `state.access.authorize(..)` on every user request, never cache the
+    /// answer, so a binding removed in Git stops working on the next deploy.
+    pub access: crate::rbac::Access,
     /// The audit repository: user actions are committed here before they
     /// happen (`audit.record(..)`, failing closed).
     pub audit: crate::audit::AuditLog,

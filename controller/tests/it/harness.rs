@@ -185,6 +185,16 @@ impl Harness {
         }
     }
 
+    /// The access rules in force, through the cell the controller's
+    /// request handlers read.
+    pub(crate) fn access(&self) -> muster_controller::rbac::Access {
+        self.running
+            .as_ref()
+            .expect("the controller is running")
+            .access
+            .clone()
+    }
+
     /// The controller's data dir, where its signing key lives.
     pub(crate) fn data_dir(&self) -> &Path {
         &self.config.data.data_dir

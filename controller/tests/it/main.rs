@@ -12,6 +12,7 @@ mod db;
 mod harness;
 mod jobs_store;
 mod quickstart;
+mod rbac;
 mod robustness;
 mod source;
 mod store;
