@@ -10,8 +10,8 @@
 //! `muster`.
 //!
 //! Writing is the contract the rest of Muster builds on: [`AuditLog::record`]
-//! returns only once the commit is on disk (objects and the branch are
-//! fsynced, `core.fsyncObjectFiles`), and returns an error when it cannot
+//! returns only once the commit is on disk (its objects are fsynced before
+//! the branch moves, the branch after), and returns an error when it cannot
 //! be written, so that callers fail closed. Commits are written one at a
 //! time: a mutex serializes the writers of one process, and the branch is
 //! moved with a compare-and-swap so that another process (a `muster user`
@@ -535,6 +535,10 @@ impl AuditLog {
             let commit_id = repo
                 .commit(None, &author, &committer, &message, &tree, &parents)
                 .map_err(|err| AuditError::git("write a commit", &err))?;
+            // The objects reach the disk before the branch names them.
+            let mut objects = vec![blob, commit_id];
+            objects.extend(tree_ids(&tree, &path));
+            sync_objects(repo.path(), &objects)?;
             // Compare and swap: the branch moves only from the parent read
             // above, so a commit of another process is never overwritten.
             let moved = match &parent {
@@ -549,6 +553,7 @@ impl AuditLog {
             };
             match moved {
                 Ok(_) => {
+                    sync_branch(repo.path())?;
                     return Ok(Committed {
                         commit_id: commit_id.to_string(),
                         path,
@@ -1103,6 +1108,63 @@ fn signature(name: &str, email: &str, time: Option<i64>) -> Result<Signature<'st
         .map_err(|err| AuditError::git("make a commit signature", &err))
 }
 
+/// The trees along `path` in `root`, root included: the ones an added
+/// file made new.
+fn tree_ids(root: &git2::Tree<'_>, path: &str) -> Vec<Oid> {
+    let mut ids = vec![root.id()];
+    let mut prefix = PathBuf::new();
+    let mut components: Vec<&str> = path.split('/').collect();
+    components.pop();
+    for component in components {
+        prefix.push(component);
+        if let Ok(entry) = root.get_path(&prefix) {
+            ids.push(entry.id());
+        }
+    }
+    ids
+}
+
+/// Fsyncs loose objects and their directories. libgit2 does not by
+/// default, and its switch for it (`core.fsyncObjectFiles`) makes git
+/// itself warn on every command run in the repository.
+fn sync_objects(git_dir: &Path, ids: &[Oid]) -> Result<()> {
+    let objects = git_dir.join("objects");
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for id in ids {
+        let hex = id.to_string();
+        let dir = objects.join(&hex[..2]);
+        let file = dir.join(&hex[2..]);
+        // An object found in a pack (none are made here) is durable already.
+        if file.exists() {
+            fsync(&file)?;
+        }
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs.push(objects);
+    for dir in dirs.iter().filter(|dir| dir.exists()) {
+        fsync(dir)?;
+    }
+    Ok(())
+}
+
+/// Fsyncs the branch and the directory holding it.
+fn sync_branch(git_dir: &Path) -> Result<()> {
+    let branch = git_dir.join(BRANCH_REF);
+    fsync(&branch)?;
+    fsync(branch.parent().expect("the branch has a directory"))
+}
+
+fn fsync(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|err| AuditError::Git {
+            what: "sync to disk",
+            detail: format!("{}: {err}", path.display()),
+        })
+}
+
 /// Creates the repository whole or not at all: it is made beside its
 /// place and renamed into it, so that another process creating it at the
 /// same moment never opens a half-made one (the loser of the rename opens
@@ -1128,8 +1190,7 @@ fn create(path: &Path) -> std::result::Result<(), String> {
         .map_err(|err| err.message().to_string())?;
         let mut config = repo.config().map_err(|err| err.message().to_string())?;
         config
-            .set_bool("core.fsyncObjectFiles", true)
-            .and_then(|()| config.set_bool(MARKER, true))
+            .set_bool(MARKER, true)
             .map_err(|err| err.message().to_string())?;
         restrict(&temp).map_err(|err| err.to_string())
     })();

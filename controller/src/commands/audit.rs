@@ -91,8 +91,11 @@ pub async fn audit(command: AuditCommand) -> Result<ExitCode, Error> {
             }
             if verification.problems.is_empty() {
                 println!(
-                    "ok: {path} holds {} actions and {} outcomes; the chain is intact",
-                    verification.n_actions, verification.n_outcomes
+                    "ok: {path} holds {}; the chain is intact",
+                    counted(&[
+                        (verification.n_actions, "action"),
+                        (verification.n_outcomes, "outcome")
+                    ])
                 );
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -109,4 +112,13 @@ pub async fn audit(command: AuditCommand) -> Result<ExitCode, Error> {
             }
         }
     }
+}
+
+/// `3 actions and 1 outcome`.
+fn counted(counts: &[(usize, &str)]) -> String {
+    counts
+        .iter()
+        .map(|(n, what)| format!("{n} {what}{}", if *n == 1 { "" } else { "s" }))
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
