@@ -29,7 +29,7 @@ const N_NAMED_HOSTS: usize = 10;
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Principal {
+pub enum Caller {
     /// A user, by login name. A user holds what bindings grant them and
     /// what they grant the teams the user is a member of.
     User(String),
@@ -43,12 +43,26 @@ pub enum Principal {
     BreakGlass(String),
 }
 
-impl fmt::Display for Principal {
+impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Principal::User(name) => write!(f, "user `{name}`"),
-            Principal::Token(name) => write!(f, "token `{name}`"),
-            Principal::BreakGlass(name) => write!(f, "break-glass admin `{name}`"),
+            Caller::User(name) => write!(f, "user `{name}`"),
+            Caller::Token(name) => write!(f, "token `{name}`"),
+            Caller::BreakGlass(name) => write!(f, "break-glass admin `{name}`"),
+        }
+    }
+}
+
+/// The RBAC subject an authenticated request acts as: a break-glass admin
+/// as such, an API token by its name (not as its user), a session as its
+/// user.
+impl From<&crate::server::user_auth::Principal> for Caller {
+    fn from(principal: &crate::server::user_auth::Principal) -> Self {
+        use crate::server::user_auth::Via;
+        match (&principal.via, principal.break_glass) {
+            (_, true) => Caller::BreakGlass(principal.user.clone()),
+            (Via::ApiToken { name }, false) => Caller::Token(name.clone()),
+            (Via::Session, false) => Caller::User(principal.user.clone()),
         }
     }
 }
@@ -194,7 +208,7 @@ impl fmt::Display for Scope {
 /// access: which roles and bindings exist stays in the repo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
-    pub principal: Principal,
+    pub caller: Caller,
     pub need: Need,
     pub reason: Refusal,
 }
@@ -202,7 +216,7 @@ pub struct Denied {
 /// The ways a request falls short.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// No binding grants the permission to this principal at all.
+    /// No binding grants the permission to this caller at all.
     NotGranted,
     /// The permission is fleet-wide and is held on groups only.
     NeedsFleetScope { held_on: Scope },
@@ -216,17 +230,15 @@ pub enum Refusal {
 
 impl fmt::Display for Denied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Denied {
-            principal, need, ..
-        } = self;
+        let Denied { caller, need, .. } = self;
         match &self.reason {
             Refusal::NotGranted => write!(
                 f,
-                "{principal} does not have `{need}`; ask an administrator for a role binding that grants it"
+                "{caller} does not have `{need}`; ask an administrator for a role binding that grants it"
             ),
             Refusal::NeedsFleetScope { held_on } => write!(
                 f,
-                "{principal} has `{need}` on {held_on} only, and `{need}` is fleet-wide; it needs a role binding with `scope: fleet`"
+                "{caller} has `{need}` on {held_on} only, and `{need}` is fleet-wide; it needs a role binding with `scope: fleet`"
             ),
             Refusal::OutOfScope { hosts, held_on } => {
                 let mut named = hosts
@@ -240,7 +252,7 @@ impl fmt::Display for Denied {
                 }
                 write!(
                     f,
-                    "{principal} has `{need}` on {held_on} only, not on {named}; leave those hosts out, or ask for a role binding that covers them"
+                    "{caller} has `{need}` on {held_on} only, not on {named}; leave those hosts out, or ask for a role binding that covers them"
                 )
             }
         }
@@ -257,7 +269,7 @@ pub struct AccessRules {
     model: Arc<FleetModel>,
     /// Users and tokens, and what they hold where. Users who hold nothing
     /// are absent, which is the same as holding nothing.
-    held: BTreeMap<Principal, BTreeMap<Grant, Scope>>,
+    held: BTreeMap<Caller, BTreeMap<Grant, Scope>>,
 }
 
 impl AccessRules {
@@ -268,7 +280,7 @@ impl AccessRules {
 
     /// The rules of a validated model, at `commit`.
     pub fn compile(commit: impl Into<String>, model: Arc<FleetModel>) -> AccessRules {
-        let mut held: BTreeMap<Principal, BTreeMap<Grant, Scope>> = BTreeMap::new();
+        let mut held: BTreeMap<Caller, BTreeMap<Grant, Scope>> = BTreeMap::new();
         for binding in model.role_bindings.values() {
             // Validation guarantees the role exists and every permission
             // parses; should either not hold, the binding grants less,
@@ -285,15 +297,15 @@ impl AccessRules {
             let mut holders = Vec::new();
             for subject in &binding.subjects {
                 match subject {
-                    Subject::User(user) => holders.push(Principal::User(user.clone())),
-                    Subject::Token(token) => holders.push(Principal::Token(token.clone())),
+                    Subject::User(user) => holders.push(Caller::User(user.clone())),
+                    Subject::Token(token) => holders.push(Caller::Token(token.clone())),
                     Subject::Team(team) => holders.extend(
                         model
                             .teams
                             .get(team)
                             .into_iter()
                             .flat_map(|team| &team.members)
-                            .map(|member| Principal::User(member.clone())),
+                            .map(|member| Caller::User(member.clone())),
                     ),
                 }
             }
@@ -319,14 +331,14 @@ impl AccessRules {
         self.commit.as_deref()
     }
 
-    /// Where `principal` holds something that satisfies `need`: the union
+    /// Where `caller` holds something that satisfies `need`: the union
     /// of the scopes of every grant that covers it.
-    fn scope_of(&self, principal: &Principal, need: &Need) -> Option<Scope> {
-        if let Principal::BreakGlass(_) = principal {
+    fn scope_of(&self, caller: &Caller, need: &Need) -> Option<Scope> {
+        if let Caller::BreakGlass(_) = caller {
             return Some(Scope::Fleet);
         }
         let mut scope: Option<Scope> = None;
-        for (grant, held_on) in self.held.get(principal)? {
+        for (grant, held_on) in self.held.get(caller)? {
             if grant.covers(need) {
                 match &mut scope {
                     Some(scope) => scope.extend(held_on),
@@ -347,7 +359,7 @@ impl AccessRules {
         compile::targets_match(&self.model, &targets, host)
     }
 
-    /// Whether `principal` may do what needs `need` on every one of
+    /// Whether `caller` may do what needs `need` on every one of
     /// `hosts` (the targets, with the labels they have now). A fleet-wide
     /// need ignores `hosts` and asks for a binding with `scope: fleet`. An
     /// action on no hosts still needs the permission on some scope.
@@ -355,17 +367,17 @@ impl AccessRules {
     /// reports the refusal rather than acting on the rest.
     pub fn authorize(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         need: impl Into<Need>,
         hosts: &[HostInput],
     ) -> Result<(), Denied> {
         let need = need.into();
         let deny = |reason| Denied {
-            principal: principal.clone(),
+            caller: caller.clone(),
             need: need.clone(),
             reason,
         };
-        let Some(scope) = self.scope_of(principal, &need) else {
+        let Some(scope) = self.scope_of(caller, &need) else {
             return Err(deny(Refusal::NotGranted));
         };
         let groups = match scope {
@@ -389,17 +401,17 @@ impl AccessRules {
         }))
     }
 
-    /// The hosts among `hosts` on which `principal` has `need`: for lists
+    /// The hosts among `hosts` on which `caller` has `need`: for lists
     /// and reads, which show what is in scope. Actions use
     /// [`AccessRules::authorize`], which refuses instead of leaving hosts out.
     pub fn hosts_in_scope<'h>(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         need: impl Into<Need>,
         hosts: &'h [HostInput],
     ) -> Vec<&'h HostInput> {
         let need = need.into();
-        match self.scope_of(principal, &need) {
+        match self.scope_of(caller, &need) {
             None => Vec::new(),
             Some(Scope::Fleet) => hosts.iter().collect(),
             Some(Scope::Groups(_)) if need.is_fleet_wide() => Vec::new(),
@@ -410,15 +422,15 @@ impl AccessRules {
         }
     }
 
-    /// What `principal` holds and where, in a stable order (`*` first,
+    /// What `caller` holds and where, in a stable order (`*` first,
     /// then permissions as the reference lists them, then scripts by
     /// name): for a `whoami` view.
-    pub fn permissions_of(&self, principal: &Principal) -> Vec<(Grant, Scope)> {
-        if let Principal::BreakGlass(_) = principal {
+    pub fn permissions_of(&self, caller: &Caller) -> Vec<(Grant, Scope)> {
+        if let Caller::BreakGlass(_) = caller {
             return vec![(Grant::All, Scope::Fleet)];
         }
         self.held
-            .get(principal)
+            .get(caller)
             .map(|holdings| {
                 holdings
                     .iter()
@@ -432,7 +444,7 @@ impl AccessRules {
 /// A change in what one user or token holds between two sets of rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    pub principal: Principal,
+    pub caller: Caller,
     pub grant: Grant,
     /// Where it was held before; `None` when it was not.
     pub before: Option<Scope>,
@@ -441,12 +453,12 @@ pub struct Change {
 }
 
 impl Change {
-    /// What the principal gains: the scope added, if any.
+    /// What the caller gains: the scope added, if any.
     pub fn gained(&self) -> Option<Scope> {
         self.after.as_ref()?.minus(self.before.as_ref())
     }
 
-    /// What the principal loses: the scope taken away, if any.
+    /// What the caller loses: the scope taken away, if any.
     pub fn lost(&self) -> Option<Scope> {
         self.before.as_ref()?.minus(self.after.as_ref())
     }
@@ -454,25 +466,23 @@ impl Change {
 
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Change {
-            principal, grant, ..
-        } = self;
+        let Change { caller, grant, .. } = self;
         match (self.gained(), self.lost(), &self.before, &self.after) {
             (Some(gained), None, Some(before), _) => write!(
                 f,
-                "+ {principal} gains `{grant}` on {gained} (had it on {before})"
+                "+ {caller} gains `{grant}` on {gained} (had it on {before})"
             ),
-            (Some(gained), None, None, _) => write!(f, "+ {principal} gains `{grant}` on {gained}"),
+            (Some(gained), None, None, _) => write!(f, "+ {caller} gains `{grant}` on {gained}"),
             (None, Some(lost), _, Some(after)) => write!(
                 f,
-                "- {principal} loses `{grant}` on {lost} (keeps it on {after})"
+                "- {caller} loses `{grant}` on {lost} (keeps it on {after})"
             ),
-            (None, Some(lost), _, None) => write!(f, "- {principal} loses `{grant}` on {lost}"),
+            (None, Some(lost), _, None) => write!(f, "- {caller} loses `{grant}` on {lost}"),
             (Some(gained), Some(lost), _, _) => write!(
                 f,
-                "~ {principal} gains `{grant}` on {gained} and loses it on {lost}"
+                "~ {caller} gains `{grant}` on {gained} and loses it on {lost}"
             ),
-            (None, None, _, _) => write!(f, "= {principal} keeps `{grant}`"),
+            (None, None, _, _) => write!(f, "= {caller} keeps `{grant}`"),
         }
     }
 }
@@ -483,18 +493,18 @@ impl fmt::Display for Change {
 /// [`AccessRules::permissions_of`] lists them. Grants are compared as roles
 /// list them: `*` is one grant, not expanded into every permission.
 pub fn diff(before: &AccessRules, after: &AccessRules) -> Vec<Change> {
-    let principals: BTreeSet<&Principal> = before.held.keys().chain(after.held.keys()).collect();
+    let callers: BTreeSet<&Caller> = before.held.keys().chain(after.held.keys()).collect();
     let mut changes = Vec::new();
     let empty = BTreeMap::new();
-    for principal in principals {
-        let was = before.held.get(principal).unwrap_or(&empty);
-        let is = after.held.get(principal).unwrap_or(&empty);
+    for caller in callers {
+        let was = before.held.get(caller).unwrap_or(&empty);
+        let is = after.held.get(caller).unwrap_or(&empty);
         let grants: BTreeSet<&Grant> = was.keys().chain(is.keys()).collect();
         for grant in grants {
             let (before, after) = (was.get(grant), is.get(grant));
             if before != after {
                 changes.push(Change {
-                    principal: principal.clone(),
+                    caller: caller.clone(),
                     grant: grant.clone(),
                     before: before.cloned(),
                     after: after.cloned(),
@@ -528,16 +538,16 @@ impl Access {
     /// [`AccessRules::authorize`] against the rules in force now.
     pub fn authorize(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         need: impl Into<Need>,
         hosts: &[HostInput],
     ) -> Result<(), Denied> {
-        self.current().authorize(principal, need, hosts)
+        self.current().authorize(caller, need, hosts)
     }
 
     /// [`AccessRules::permissions_of`] against the rules in force now.
-    pub fn permissions_of(&self, principal: &Principal) -> Vec<(Grant, Scope)> {
-        self.current().permissions_of(principal)
+    pub fn permissions_of(&self, caller: &Caller) -> Vec<(Grant, Scope)> {
+        self.current().permissions_of(caller)
     }
 }
 
@@ -682,12 +692,12 @@ scope: fleet
         }
     }
 
-    fn user(name: &str) -> Principal {
-        Principal::User(name.into())
+    fn user(name: &str) -> Caller {
+        Caller::User(name.into())
     }
 
-    fn token(name: &str) -> Principal {
-        Principal::Token(name.into())
+    fn token(name: &str) -> Caller {
+        Caller::Token(name.into())
     }
 
     fn script(name: &str) -> Need {
@@ -695,9 +705,9 @@ scope: fleet
     }
 
     /// The verdict as text: `ok`, or the refusal's message.
-    fn verdict(rules: &AccessRules, principal: &Principal, need: Need, hosts: &[&str]) -> String {
+    fn verdict(rules: &AccessRules, caller: &Caller, need: Need, hosts: &[&str]) -> String {
         let hosts: Vec<HostInput> = hosts.iter().map(|name| host(name)).collect();
-        match rules.authorize(principal, need, &hosts) {
+        match rules.authorize(caller, need, &hosts) {
             Ok(()) => "ok".into(),
             Err(denied) => denied.to_string(),
         }
@@ -707,7 +717,7 @@ scope: fleet
     fn authorize() {
         use Permission::*;
         let rules = rules(FLEET);
-        let cases: Vec<(&str, Principal, Need, &[&str], &str)> = vec![
+        let cases: Vec<(&str, Caller, Need, &[&str], &str)> = vec![
             (
                 "`*` grants fleet-wide permissions",
                 user("alice"),
@@ -878,22 +888,22 @@ scope: fleet
             ),
             (
                 "the break-glass admin is allowed anything",
-                Principal::BreakGlass("root".into()),
+                Caller::BreakGlass("root".into()),
                 TokensManage.into(),
                 &[],
                 "ok",
             ),
             (
                 "the break-glass admin, on any host",
-                Principal::BreakGlass("root".into()),
+                Caller::BreakGlass("root".into()),
                 script("not-even-a-script"),
                 &["other-01"],
                 "ok",
             ),
         ];
         let mut failures = Vec::new();
-        for (what, principal, need, hosts, expected) in cases {
-            let actual = verdict(&rules, &principal, need, hosts);
+        for (what, caller, need, hosts, expected) in cases {
+            let actual = verdict(&rules, &caller, need, hosts);
             if actual != expected {
                 failures.push(format!(
                     "{what}:\n  expected: {expected}\n  actual:   {actual}"
@@ -901,6 +911,28 @@ scope: fleet
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn an_authenticated_request_acts_as_its_user_its_token_or_break_glass() {
+        use crate::server::user_auth::{Principal, Via};
+        let principal = |via: Via, break_glass: bool| Principal {
+            user: "alice".into(),
+            via,
+            break_glass,
+        };
+        let token = || Via::ApiToken { name: "ci".into() };
+        assert_eq!(Caller::from(&principal(Via::Session, false)), user("alice"));
+        // A token holds what its own bindings grant, not its user's roles.
+        assert_eq!(Caller::from(&principal(token(), false)), self::token("ci"));
+        assert_eq!(
+            Caller::from(&principal(Via::Session, true)),
+            Caller::BreakGlass("alice".into())
+        );
+        assert_eq!(
+            Caller::from(&principal(token(), true)),
+            Caller::BreakGlass("alice".into())
+        );
     }
 
     #[test]
@@ -915,7 +947,7 @@ scope: fleet
         assert!(
             rules
                 .authorize(
-                    &Principal::BreakGlass("root".into()),
+                    &Caller::BreakGlass("root".into()),
                     Permission::HostsRead,
                     &[]
                 )
@@ -1004,9 +1036,9 @@ scope: {{groups: [db]}}
             .into_iter()
             .map(host)
             .collect();
-        let names = |principal: &Principal, need: Permission| -> Vec<String> {
+        let names = |caller: &Caller, need: Permission| -> Vec<String> {
             rules
-                .hosts_in_scope(principal, need, &hosts)
+                .hosts_in_scope(caller, need, &hosts)
                 .into_iter()
                 .map(|host| host.name.clone())
                 .collect()
@@ -1020,9 +1052,9 @@ scope: {{groups: [db]}}
         assert!(names(&user("gina"), Permission::AuditRead).is_empty());
     }
 
-    fn listing(rules: &AccessRules, principal: &Principal) -> Vec<String> {
+    fn listing(rules: &AccessRules, caller: &Caller) -> Vec<String> {
         rules
-            .permissions_of(principal)
+            .permissions_of(caller)
             .into_iter()
             .map(|(grant, scope)| format!("{grant} on {scope}"))
             .collect()
@@ -1050,7 +1082,7 @@ scope: {{groups: [db]}}
         );
         assert_eq!(listing(&rules, &user("alice")), ["* on the fleet"]);
         assert_eq!(
-            listing(&rules, &Principal::BreakGlass("root".into())),
+            listing(&rules, &Caller::BreakGlass("root".into())),
             ["* on the fleet"]
         );
         assert!(listing(&rules, &user("mallory")).is_empty());
@@ -1128,7 +1160,7 @@ scope: {{groups: [db]}}
         let db: Scope = Scope::Groups(["db".to_string()].into());
         let change = |before: Option<&Scope>, after: Option<&Scope>| {
             Change {
-                principal: user("bob"),
+                caller: user("bob"),
                 grant: Grant::Permission(Permission::JobsRead),
                 before: before.cloned(),
                 after: after.cloned(),

@@ -3,7 +3,7 @@
 //! or are rejected, and loads the rules of the commit in force at start.
 
 use muster_controller::compile::HostInput;
-use muster_controller::rbac::{Access, Principal, Refusal};
+use muster_controller::rbac::{Access, Caller, Refusal};
 use muster_controller::reconcile::host_input;
 use muster_controller::store::CommitState;
 use muster_schemas::model::Permission;
@@ -29,8 +29,8 @@ scope:
 ---
 ";
 
-fn olga() -> Principal {
-    Principal::User("olga".into())
+fn olga() -> Caller {
+    Caller::User("olga".into())
 }
 
 /// Waits until the rules in force are those of `commit`.
@@ -127,7 +127,7 @@ backends!(
             assert_eq!(denied.reason, Refusal::NotGranted);
             // The rest of the example's rules are untouched: bob operates web
             // through the web team.
-            let bob = Principal::User("bob".into());
+            let bob = Caller::User("bob".into());
             session
                 .authorize(&bob, restart(), &web)
                 .expect("bob still operates the web hosts");
