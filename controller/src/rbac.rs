@@ -349,21 +349,21 @@ impl AccessRules {
         scope
     }
 
-    /// Whether `host` is in one of `groups`, as the compiler decides it
-    /// for targets.
-    fn in_groups(&self, groups: &BTreeSet<String>, host: &HostInput) -> bool {
+    /// Which hosts are in one of `groups`, decided as the compiler decides
+    /// policy targets.
+    fn membership(&self, groups: &BTreeSet<String>) -> impl Fn(&HostInput) -> bool + '_ {
         let targets = Targets {
             groups: groups.iter().cloned().collect(),
             ..Targets::default()
         };
-        compile::targets_match(&self.model, &targets, host)
+        move |host| compile::targets_match(&self.model, &targets, host)
     }
 
     /// Whether `caller` may do what needs `need` on every one of
     /// `hosts` (the targets, with the labels they have now). A fleet-wide
     /// need ignores `hosts` and asks for a binding with `scope: fleet`. An
     /// action on no hosts still needs the permission on some scope.
-    /// Targets outside the scope refuse the whole request: the caller
+    /// Targets outside the scope refuse the whole request: the handler
     /// reports the refusal rather than acting on the rest.
     pub fn authorize(
         &self,
@@ -387,9 +387,10 @@ impl AccessRules {
             }
             Scope::Groups(ref groups) => groups,
         };
+        let in_scope = self.membership(groups);
         let outside: BTreeSet<&str> = hosts
             .iter()
-            .filter(|host| !self.in_groups(groups, host))
+            .filter(|host| !in_scope(host))
             .map(|host| host.name.as_str())
             .collect();
         if outside.is_empty() {
@@ -415,10 +416,10 @@ impl AccessRules {
             None => Vec::new(),
             Some(Scope::Fleet) => hosts.iter().collect(),
             Some(Scope::Groups(_)) if need.is_fleet_wide() => Vec::new(),
-            Some(Scope::Groups(groups)) => hosts
-                .iter()
-                .filter(|host| self.in_groups(&groups, host))
-                .collect(),
+            Some(Scope::Groups(groups)) => {
+                let in_scope = self.membership(&groups);
+                hosts.iter().filter(|host| in_scope(host)).collect()
+            }
         }
     }
 
