@@ -441,16 +441,25 @@ impl Store {
         limit: AttemptLimit,
         now: i64,
     ) -> Result<AttemptGate> {
-        let mut tx = self.pool.begin().await?;
-        // Forgotten subjects go first, so that guessed names do not pile up.
-        sqlx::query(
+        // Forgotten subjects of the same kind go first, so that guessed
+        // names do not pile up. Outside the transaction, and allowed to
+        // fail: two sweeps at once may deadlock on PostgreSQL, and the
+        // next attempt sweeps again.
+        let kind = subject.split_once(':').map_or("", |(kind, _)| kind);
+        let swept = sqlx::query(
             "DELETE FROM login_failures
-             WHERE window_start < $1 AND (locked_until IS NULL OR locked_until < $2)",
+             WHERE subject LIKE $1 AND window_start < $2
+                AND (locked_until IS NULL OR locked_until < $3)",
         )
+        .bind(format!("{kind}:%"))
         .bind(now - limit.window)
         .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&self.pool)
+        .await;
+        if let Err(err) = swept {
+            tracing::debug!(error = %err, "cannot sweep old login failures; the next attempt will");
+        }
+        let mut tx = self.pool.begin().await?;
         // A write first: it takes SQLite's write lock for the whole
         // transaction and makes sure the row exists for PostgreSQL's
         // row lock below, so two attempts never read the same count.
