@@ -1171,15 +1171,17 @@ fn write_teams(writer: &mut Writer<'_>) -> Vec<String> {
 }
 
 fn write_roles(writer: &mut Writer<'_>, names: &Names) -> Vec<String> {
+    // Operator roles are bound to groups, so they list no fleet-wide
+    // permission (validation warns about those).
     const BASE: [&str; 8] = [
         "hosts:read",
-        "commits:read",
         "jobs:read",
         "alerts:read",
         "alerts:ack",
         "jobs:cancel",
         "actions:service",
         "hosts:approve",
+        "actions:reboot",
     ];
     let mut roles = Vec::with_capacity(N_ROLES);
     for r in 0..N_ROLES {
