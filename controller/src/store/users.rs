@@ -4,6 +4,10 @@
 //! Nothing secret is stored: passwords arrive here already hashed (argon2id
 //! PHC strings) and session and API tokens as SHA-256 hashes, so a bearer
 //! token is found by the hash of what the caller presents.
+//!
+//! Transactions that end early are rolled back explicitly: a dropped one
+//! keeps its connection's lock until the pool hands that connection out
+//! again, and SQLite refuses other writers meanwhile ("database is locked").
 
 use std::fmt;
 
@@ -122,6 +126,7 @@ impl Store {
             .await?;
         match existing {
             Some(row) if row.try_get::<Option<i64>, _>("disabled_at")?.is_none() => {
+                tx.rollback().await?;
                 return Err(StoreError::Conflict(format!(
                     "user `{name}` exists already: change its password with `muster user passwd {name}`"
                 )));
@@ -151,6 +156,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await;
                 if let Err(err) = inserted {
+                    tx.rollback().await?;
                     return Err(if is_unique_violation(&err) {
                         StoreError::Conflict(format!("user `{name}` exists already"))
                     } else {
@@ -198,6 +204,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {
+            tx.rollback().await?;
             return Ok(false);
         }
         revoke_sessions_of(&mut tx, name, now).await?;
@@ -222,6 +229,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {
+            tx.rollback().await?;
             return Ok(false);
         }
         revoke_sessions_of(&mut tx, name, now).await?;
@@ -318,6 +326,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         if user.is_none() {
+            tx.rollback().await?;
             return Err(StoreError::Conflict(format!(
                 "no user named `{}`: add one with `muster user add {}`",
                 token.user, token.user
@@ -334,6 +343,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         if taken.is_some() {
+            tx.rollback().await?;
             return Err(name_taken());
         }
         let inserted = sqlx::query(
@@ -352,8 +362,14 @@ impl Store {
             Ok(_) => {}
             // A concurrent creation took the name between the check and
             // the insert: the unique index has the last word.
-            Err(err) if is_unique_violation(&err) => return Err(name_taken()),
-            Err(err) => return Err(err.into()),
+            Err(err) => {
+                tx.rollback().await?;
+                return Err(if is_unique_violation(&err) {
+                    name_taken()
+                } else {
+                    err.into()
+                });
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -379,6 +395,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if result.rows_affected() != 1 {
+            tx.rollback().await?;
             return Ok(None);
         }
         let row = sqlx::query("SELECT * FROM api_tokens WHERE id = $1")
