@@ -393,14 +393,19 @@ async fn login(
     };
     // One verification whatever happens next: the time taken says nothing
     // about whether the user exists or is locked.
-    let hash = match &user {
-        Some(user) => user.password_hash.clone(),
-        None => state.user_auth.stand_in_hash()?,
-    };
+    // The stand-in hash is made on first use, on the blocking thread too.
+    let stored = user.as_ref().map(|user| user.password_hash.clone());
+    let user_auth = Arc::clone(&state.user_auth);
     let password = request.password;
-    let verified = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .map_err(ApiError::internal)?;
+    let verified = tokio::task::spawn_blocking(move || {
+        let hash = match stored {
+            Some(hash) => hash,
+            None => user_auth.stand_in_hash()?,
+        };
+        Ok::<_, ApiError>(verify_password(&password, &hash))
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let known = user
         .as_ref()
         .map_or_else(|| "<unknown>".to_string(), |user| user.name.clone());
