@@ -27,6 +27,7 @@ use crate::client::{Client, Delivery, LONG_POLL_SECS, Poll, random_duration, uni
 use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::facts::{MetricsSampler, facts};
+use crate::jobs::{JobRunner, run_jobs};
 use crate::local::open_state;
 use crate::report::{report, run_status};
 use crate::resources::{Context, converge};
@@ -57,18 +58,38 @@ pub fn run(options: RunOptions) -> Result<bool, AgentError> {
     let root = crate::local::absolute_root(options.root)?;
     let state = open_state(&options.state_dir, root.as_deref())?;
     let client = Client::new(&config.server, &config.host_id, &config.secret)?;
-    let ctx = match &root {
+    let context = || match &root {
         Some(root) => Context::new().with_root(root),
         None => Context::new(),
     };
-    // One thread is enough: the agent waits on one request at a time, and
-    // converging runs on the blocking pool. It keeps the idle RSS small.
+    let ctx = context();
+    // Jobs run beside the bundle loop, with a context of their own.
+    let jobs = Arc::new(
+        JobRunner::new(&config.host_id, &config.public_key, state.path(), context()).map_err(
+            AgentError::io("cannot open the job ledger in the state dir"),
+        )?,
+    );
+    let jobs_client = client.clone();
+    // One thread is enough: the agent waits on two long polls, and
+    // converging and jobs run on the blocking pool. It keeps the idle RSS
+    // small.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(AgentError::io("cannot start the async runtime"))?;
     let mut agent = Agent::new(config, state, client, ctx)?;
-    runtime.block_on(agent.run(options.once))
+    runtime.block_on(async move {
+        if options.once {
+            let reached = agent.run(true).await;
+            run_jobs(jobs, jobs_client, true).await;
+            reached
+        } else {
+            // Dropped with the runtime on shutdown; a job running then
+            // finishes first (the blocking pool is waited for).
+            tokio::spawn(run_jobs(jobs, jobs_client, false));
+            agent.run(false).await
+        }
+    })
 }
 
 /// The exponential backoff with full jitter: the n-th retry waits a random

@@ -1,11 +1,15 @@
 //! The agent's HTTP client for the controller's `/v1` API: enrollment, the
-//! long poll for bundles and report delivery, with every request after
-//! enrollment signed with the host key (`docs/agent-protocol.md`).
+//! long polls for bundles and jobs, report and job result delivery, with
+//! every request after enrollment signed with the host key
+//! (`docs/agent-protocol.md`).
 
 use std::time::Duration;
 
 use muster_schemas::bundle::SignedBundle;
-use muster_schemas::protocol::{EnrollRequest, EnrollResponse, ErrorBody, auth};
+use muster_schemas::job::SignedJob;
+use muster_schemas::protocol::{
+    EnrollRequest, EnrollResponse, ErrorBody, JobResult, JobStarted, JobsResponse, auth,
+};
 use reqwest::{Method, StatusCode};
 
 use crate::error::AgentError;
@@ -28,6 +32,19 @@ pub enum Poll {
     NotModified,
     /// The host is pending approval or rejected.
     Forbidden(String),
+}
+
+/// What the jobs endpoint answered.
+#[derive(Debug)]
+pub enum JobPoll {
+    /// Jobs to run, oldest first.
+    Jobs(Vec<SignedJob>),
+    /// None within the wait.
+    NoJobs,
+    /// The host is pending approval or rejected.
+    Forbidden(String),
+    /// The controller has no jobs endpoint (an older version).
+    Unsupported,
 }
 
 /// What a report delivery came to.
@@ -99,8 +116,8 @@ pub async fn enroll(server: &str, request: &EnrollRequest) -> Result<EnrollRespo
     }
 }
 
-/// A client signed as one host.
-#[derive(Debug)]
+/// A client signed as one host. Clones share the connection pool.
+#[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
     server: String,
@@ -182,20 +199,67 @@ impl Client {
     pub async fn send_report(&self, body: Vec<u8>) -> Result<Delivery, AgentError> {
         let path = format!("/v1/hosts/{}/reports", self.host_id);
         let response = self.send(Method::POST, &path, body).await?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(Delivery::Accepted)
-        } else if status.is_client_error()
-            && status != StatusCode::UNAUTHORIZED
-            && status != StatusCode::TOO_MANY_REQUESTS
-        {
-            Ok(Delivery::Rejected(error_message(response).await))
-        } else {
-            Err(AgentError::Http(format!(
-                "report delivery failed: {}",
+        delivery(response, "report").await
+    }
+
+    /// Long-polls for the host's jobs.
+    pub async fn poll_jobs(&self, wait_secs: u64) -> Result<JobPoll, AgentError> {
+        let path = format!("/v1/hosts/{}/jobs?wait={wait_secs}", self.host_id);
+        let response = self.send(Method::GET, &path, Vec::new()).await?;
+        match response.status() {
+            StatusCode::OK => response
+                .json::<JobsResponse>()
+                .await
+                .map(|answer| JobPoll::Jobs(answer.jobs))
+                .map_err(|err| AgentError::Http(format!("invalid jobs answer: {err}"))),
+            StatusCode::NO_CONTENT => Ok(JobPoll::NoJobs),
+            StatusCode::FORBIDDEN => Ok(JobPoll::Forbidden(error_message(response).await)),
+            StatusCode::NOT_FOUND => Ok(JobPoll::Unsupported),
+            _ => Err(AgentError::Http(format!(
+                "jobs request failed: {}",
                 error_message(response).await
-            )))
+            ))),
         }
+    }
+
+    /// Says that a job is about to run. Only informative: its failure is
+    /// not worth a retry.
+    pub async fn send_job_started(&self, notice: &JobStarted) -> Result<Delivery, AgentError> {
+        let path = format!("/v1/hosts/{}/jobs/{}/started", self.host_id, notice.job_id);
+        let body = serde_json::to_vec(notice)
+            .map_err(|err| AgentError::Http(format!("cannot encode a started notice: {err}")))?;
+        let response = self.send(Method::POST, &path, body).await?;
+        delivery(response, "started notice").await
+    }
+
+    /// Sends a job's result. The controller keeps the first result of a
+    /// job, so sending one again is harmless.
+    pub async fn send_job_result(&self, result: &JobResult) -> Result<Delivery, AgentError> {
+        let path = format!("/v1/hosts/{}/jobs/{}/result", self.host_id, result.job_id);
+        let body = serde_json::to_vec(result)
+            .map_err(|err| AgentError::Http(format!("cannot encode a job result: {err}")))?;
+        let response = self.send(Method::POST, &path, body).await?;
+        delivery(response, "job result").await
+    }
+}
+
+/// What an answer to a delivery means: accepted, refused for good (a 4xx
+/// other than 401 and 429: sending it again would not help), or an error
+/// to retry.
+async fn delivery(response: reqwest::Response, what: &str) -> Result<Delivery, AgentError> {
+    let status = response.status();
+    if status.is_success() {
+        Ok(Delivery::Accepted)
+    } else if status.is_client_error()
+        && status != StatusCode::UNAUTHORIZED
+        && status != StatusCode::TOO_MANY_REQUESTS
+    {
+        Ok(Delivery::Rejected(error_message(response).await))
+    } else {
+        Err(AgentError::Http(format!(
+            "{what} delivery failed: {}",
+            error_message(response).await
+        )))
     }
 }
 

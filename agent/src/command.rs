@@ -66,6 +66,7 @@ pub struct Command {
     argv: Vec<String>,
     shell: bool,
     env: BTreeMap<String, String>,
+    clear_env: bool,
     cwd: Option<PathBuf>,
     run_as: Option<String>,
     timeout: Duration,
@@ -84,6 +85,7 @@ impl Command {
             argv: argv.into_iter().map(Into::into).collect(),
             shell: false,
             env: BTreeMap::new(),
+            clear_env: false,
             cwd: None,
             run_as: None,
             timeout: DEFAULT_TIMEOUT,
@@ -126,6 +128,14 @@ impl Command {
     pub fn envs(mut self, vars: &BTreeMap<String, String>) -> Command {
         self.env
             .extend(vars.iter().map(|(key, value)| (key.clone(), value.clone())));
+        self
+    }
+
+    /// Starts the command with only the variables set with
+    /// [`env`](Self::env) (and `PATH` from a search path), none of the
+    /// agent's.
+    pub fn env_clear(mut self) -> Command {
+        self.clear_env = true;
         self
     }
 
@@ -186,6 +196,9 @@ impl Command {
             // Its own process group, so that a timeout kills everything the
             // command started, not only the direct child.
             .process_group(0);
+        if self.clear_env {
+            command.env_clear();
+        }
         if let Some(search_path) = &self.search_path {
             command.env("PATH", search_path);
         }
@@ -611,6 +624,16 @@ mod tests {
             .run()
             .unwrap();
         assert_eq!(output.stdout, "hello there\n/\n");
+    }
+
+    #[test]
+    fn a_cleared_environment_holds_only_what_was_set() {
+        let output = Command::new(["/usr/bin/env"])
+            .env_clear()
+            .env("ONLY", "this")
+            .run()
+            .unwrap();
+        assert_eq!(output.stdout, "ONLY=this\n");
     }
 
     #[test]

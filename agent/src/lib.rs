@@ -1,5 +1,5 @@
 //! Muster's agent: enrolls with a controller, pulls signed bundles,
-//! converges the host and reports.
+//! converges the host and reports; runs signed jobs once each.
 //!
 //! The agent links only `muster-schemas` and its own small set of crates:
 //! never git2, sqlx or axum.
@@ -11,6 +11,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod facts;
+pub mod jobs;
 pub mod local;
 pub mod report;
 pub mod resources;

@@ -292,7 +292,7 @@ pub async fn run_sweep(store: Store, hub: Weak<Hub>) {
             return;
         }
         let now = crate::server::now();
-        if n_sweeps % SWEEPS_PER_EXPIRY == 0
+        if n_sweeps.is_multiple_of(SWEEPS_PER_EXPIRY)
             && let Err(err) = expire(&store, &hub, now).await
         {
             tracing::warn!(error = %err, "cannot expire jobs; trying again later");

@@ -28,10 +28,12 @@
 //! first statement writes the row it decides about (`UPDATE … SET state =
 //! state`): on PostgreSQL that locks the row until commit, so two replicas
 //! (or two results) take turns; on SQLite it takes the database's write
-//! lock, which serializes writers anyway. Claiming jobs for an agent is one
-//! `UPDATE … RETURNING` whose subquery, on PostgreSQL, adds `FOR UPDATE
-//! SKIP LOCKED`, so two replicas answering the same host never hand out
-//! the same job twice.
+//! lock, which serializes writers anyway. A transaction that ends early is
+//! rolled back explicitly: a dropped one would keep its SQLite write lock
+//! until the pool hands its connection out again. Claiming jobs for an
+//! agent is one `UPDATE … RETURNING` whose subquery, on PostgreSQL, adds
+//! `FOR UPDATE SKIP LOCKED`, so two replicas answering the same host never
+//! hand out the same job twice.
 
 use std::collections::BTreeMap;
 
@@ -444,6 +446,7 @@ impl Store {
                     .bind(&job.schedule_key);
             }
             if let Err(err) = query.execute(&mut *tx).await {
+                tx.rollback().await?;
                 let unique = err
                     .as_database_error()
                     .is_some_and(|db| db.is_unique_violation());
@@ -477,6 +480,7 @@ impl Store {
             n_cancelled: 0,
         };
         if locked.rows_affected() == 0 {
+            tx.rollback().await?;
             return Ok(release);
         }
         let row =
@@ -487,7 +491,7 @@ impl Store {
         let state = parse_action_state(&row.try_get::<String, _>("state")?)?;
         let max_parallel = optional_u32(row.try_get("max_parallel")?);
         let failure_threshold = optional_u32(row.try_get("failure_threshold")?);
-        let counts = count_by_state(&mut *tx, action_id).await?;
+        let counts = count_by_state(&mut tx, action_id).await?;
         let count = |states: &[JobState]| -> i64 {
             states
                 .iter()
@@ -677,6 +681,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if locked.rows_affected() == 0 {
+            tx.rollback().await?;
             return Ok(ResultOutcome::NotFound);
         }
         let row = sqlx::query(
@@ -686,6 +691,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         if row.try_get::<String, _>("host_id")? != host_id {
+            tx.rollback().await?;
             return Ok(ResultOutcome::OtherHost);
         }
         let action_id: String = row.try_get("action_id")?;
@@ -704,6 +710,7 @@ impl Store {
                     .unwrap_or_default()
                     == result.stderr
                 && row.try_get::<Option<String>, _>("message")? == result.message;
+            tx.rollback().await?;
             return Ok(if same {
                 ResultOutcome::Duplicate
             } else {
@@ -715,6 +722,7 @@ impl Store {
             });
         }
         if state == JobState::Pending {
+            tx.rollback().await?;
             return Ok(ResultOutcome::Conflict(format!(
                 "job {} was never delivered: it has no result to report",
                 result.job_id
@@ -781,6 +789,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             if exists.is_none() {
+                tx.rollback().await?;
                 return Ok(None);
             }
         }

@@ -10,6 +10,7 @@ mod controller;
 mod corpus;
 mod db;
 mod harness;
+mod jobs;
 mod jobs_store;
 mod quickstart;
 mod rbac;

@@ -2,7 +2,8 @@
 //! proxy on `127.0.0.1:0` that forwards every request verbatim (method,
 //! path and query, headers, body, so that the agent's signature still
 //! holds) and can answer bundle requests with a bundle of the test's
-//! choosing instead of the controller's.
+//! choosing instead of the controller's, and a job poll with jobs of its
+//! choosing.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +13,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use muster_schemas::bundle::SignedBundle;
+use muster_schemas::job::SignedJob;
+use muster_schemas::protocol::JobsResponse;
 
 /// Headers that belong to one connection, not to the message: the proxy
 /// sets its own.
@@ -29,6 +32,9 @@ struct Shared {
     /// The body bundle requests are answered with instead of the
     /// controller's answer.
     bundle: Mutex<Option<Vec<u8>>>,
+    /// The body the next job poll is answered with, without asking the
+    /// controller.
+    jobs: Mutex<Option<Vec<u8>>>,
 }
 
 /// The proxy, stopped on drop.
@@ -45,6 +51,7 @@ impl TamperingProxy {
             upstream: upstream.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
             bundle: Mutex::new(None),
+            jobs: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -67,6 +74,13 @@ impl TamperingProxy {
         *self.shared.bundle.lock().unwrap() = Some(serde_json::to_vec(signed).unwrap());
     }
 
+    /// The next job poll is answered `200` with `jobs`, at once and
+    /// without reaching the controller; later ones pass through.
+    pub(crate) fn serve_jobs_once(&self, jobs: Vec<SignedJob>) {
+        *self.shared.jobs.lock().unwrap() =
+            Some(serde_json::to_vec(&JobsResponse { jobs }).unwrap());
+    }
+
     /// From now on, bundle requests get the controller's answers again.
     pub(crate) fn pass_through(&self) {
         *self.shared.bundle.lock().unwrap() = None;
@@ -83,8 +97,22 @@ fn is_bundle_request(method: &Method, path: &str) -> bool {
     method == Method::GET && path.starts_with("/v1/hosts/") && path.ends_with("/bundle")
 }
 
+fn is_jobs_request(method: &Method, path: &str) -> bool {
+    method == Method::GET && path.starts_with("/v1/hosts/") && path.ends_with("/jobs")
+}
+
 async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    if is_jobs_request(&parts.method, parts.uri.path())
+        && let Some(jobs) = shared.jobs.lock().unwrap().take()
+    {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            jobs,
+        )
+            .into_response();
+    }
     let path_and_query = parts
         .uri
         .path_and_query()
