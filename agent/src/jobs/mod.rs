@@ -55,6 +55,9 @@ const UNSUPPORTED_WAIT: Duration = Duration::from_secs(600);
 /// The longest wait between retries after errors.
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 
+/// How often a running agent forgets old ledger entries.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+
 /// A job checked and recorded as started: ready to run.
 #[derive(Debug)]
 pub struct Ready {
@@ -279,7 +282,17 @@ pub async fn run_jobs(runner: Arc<JobRunner>, client: Client, once: bool) {
         refusals_sent: HashSet::new(),
     };
     let mut attempt: u32 = 0;
+    let mut next_prune = tokio::time::Instant::now() + PRUNE_INTERVAL;
     loop {
+        if tokio::time::Instant::now() >= next_prune {
+            next_prune += PRUNE_INTERVAL;
+            let ledger = jobs.runner.ledger.clone();
+            if let Ok(Err(err)) =
+                tokio::task::spawn_blocking(move || ledger.prune(unix_now())).await
+            {
+                tracing::warn!(error = %err, "cannot forget old job ledger entries");
+            }
+        }
         jobs.flush().await;
         let wait = if once { 0 } else { LONG_POLL_SECS };
         let pause = match jobs.client.poll_jobs(wait).await {

@@ -401,7 +401,14 @@ async fn job_result(
             crate::jobs::release_and_notify(&state.store, &state.hub, &action_id, now).await?;
             Ok(StatusCode::OK)
         }
-        ResultOutcome::Duplicate => Ok(StatusCode::OK),
+        // The first copy may have been stored by a request that failed
+        // before the rollout moved on: moving it on again is harmless.
+        ResultOutcome::Duplicate => {
+            if let Some(action_id) = state.store.job(&job_id).await?.map(|job| job.action_id) {
+                crate::jobs::release_and_notify(&state.store, &state.hub, &action_id, now).await?;
+            }
+            Ok(StatusCode::OK)
+        }
         ResultOutcome::Conflict(message) => Err(ApiError::new(StatusCode::CONFLICT, message)),
         ResultOutcome::NotFound => Err(unknown_job(&job_id)),
         ResultOutcome::OtherHost => Err(other_hosts_job(&job_id)),

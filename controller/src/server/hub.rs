@@ -4,7 +4,7 @@
 //!
 //! Job wake-ups come from this process (an action created here, a result
 //! that moved a rollout on) and from the job sweep
-//! (`agent_api::sweep_jobs`), which finds jobs queued by anyone else
+//! (`crate::jobs::run_sweep`), which finds jobs queued by anyone else
 //! (another replica, the CLI) in the database every second.
 
 use std::collections::HashMap;

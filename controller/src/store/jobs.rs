@@ -669,8 +669,10 @@ impl Store {
 
     /// Records how a job of `host_id` ended. Idempotent: the same result
     /// again is a [`ResultOutcome::Duplicate`]; a different one for a job
-    /// that has a result is a conflict. A result for a job that was
-    /// cancelled or expired is stored all the same: the host says it ran.
+    /// that has a result is a conflict, and so is one for a job that was
+    /// never delivered (pending or cancelled). A result for a job that
+    /// expired after its delivery is stored all the same: the host says it
+    /// ran.
     /// Output is bounded first ([`JobResult::bounded`]).
     pub async fn record_result(&self, host_id: &str, result: &JobResult) -> Result<ResultOutcome> {
         let result = result.clone().bounded();
@@ -721,7 +723,9 @@ impl Store {
                 ))
             });
         }
-        if state == JobState::Pending {
+        // Pending and cancelled jobs were never handed to any agent (a
+        // delivered job cannot be cancelled): no host can have run them.
+        if matches!(state, JobState::Pending | JobState::Cancelled) {
             tx.rollback().await?;
             return Ok(ResultOutcome::Conflict(format!(
                 "job {} was never delivered: it has no result to report",

@@ -3,7 +3,8 @@
 //! stored; a job delivered again runs once; a job signed for one host and
 //! served to another by a man in the middle is refused and not run; an
 //! agent killed while a job runs reports it failed after its restart and
-//! never runs it again.
+//! never runs it again; the job routes answer as `docs/agent-protocol.md`
+//! says.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,7 +17,7 @@ use muster_schemas::job::{JobKind, ScriptJob, SignedJob};
 
 use crate::backends;
 use crate::db::TestDb;
-use crate::harness::{Harness, eventually};
+use crate::harness::{Agent, Harness, eventually};
 use crate::support::agent::{TestAgent, stderr};
 use crate::support::proxy::TamperingProxy;
 
@@ -289,3 +290,130 @@ backends!(
         }
     }
 );
+
+/// `GET /v1/hosts/{host}/jobs?wait=…` signed as `agent`.
+async fn poll(agent: &Agent, host: &str, wait: u64) -> reqwest::Response {
+    let path = format!("/v1/hosts/{host}/jobs?wait={wait}");
+    agent.send("GET", &path, Vec::new(), &agent.signing()).await
+}
+
+/// `POST /v1/hosts/{host}/jobs/{job}/{what}` signed as `agent`: the status.
+async fn post(agent: &Agent, host: &str, job_id: &str, what: &str, body: serde_json::Value) -> u16 {
+    let path = format!("/v1/hosts/{host}/jobs/{job_id}/{what}");
+    let body = serde_json::to_vec(&body).unwrap();
+    agent
+        .send("POST", &path, body, &agent.signing())
+        .await
+        .status()
+        .as_u16()
+}
+
+backends!(the_job_routes_answer_as_documented, |db: TestDb| {
+    async move {
+        let harness = Harness::start(db).await;
+        let token = harness.token(2, true, &[("role", "web")], 3600).await;
+        let owner = harness.enroll(&token, "web-01").await;
+        let other = harness.enroll(&token, "web-02").await;
+        assert_eq!(poll(&owner, &owner.host_id, 0).await.status(), 204);
+        assert_eq!(
+            poll(&other, &owner.host_id, 0).await.status(),
+            403,
+            "another host's jobs"
+        );
+
+        // A held poll is answered when a job is queued for the host.
+        let waiting = poll(&owner, &owner.host_id, 25);
+        let creating = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            run_on(&harness, script("true\n", &[]), &[owner.host_id.clone()]).await
+        };
+        let (answer, created) = tokio::join!(waiting, creating);
+        assert_eq!(answer.status(), 200);
+        let body: muster_schemas::protocol::JobsResponse = answer.json().await.unwrap();
+        let (_, job_id) = &created.jobs[0];
+        assert_eq!(body.jobs.len(), 1);
+        let verified = muster_schemas::job::verify_job(
+            &harness.public_key,
+            &body.jobs[0],
+            &owner.host_id,
+            muster_controller::server::now(),
+        )
+        .unwrap();
+        assert_eq!(&verified.job_id, job_id);
+        assert_eq!(job(&harness, job_id).await.state, JobState::Delivered);
+
+        let now = muster_controller::server::now();
+        let started = serde_json::json!({"job_id": job_id, "started_at": now});
+        let result = serde_json::json!({
+            "job_id": job_id, "state": "succeeded", "exit_code": 0,
+            "stdout": "ok\n", "stderr": "", "started_at": now, "finished_at": now,
+        });
+        // Another host, on its own path or the owner's: refused.
+        assert_eq!(
+            post(&other, &other.host_id, job_id, "started", started.clone()).await,
+            403
+        );
+        assert_eq!(
+            post(&other, &owner.host_id, job_id, "result", result.clone()).await,
+            403
+        );
+        assert_eq!(
+            post(&other, &other.host_id, job_id, "result", result.clone()).await,
+            403
+        );
+        assert_eq!(job(&harness, job_id).await.state, JobState::Delivered);
+
+        assert_eq!(
+            post(&owner, &owner.host_id, job_id, "started", started).await,
+            200
+        );
+        assert_eq!(job(&harness, job_id).await.state, JobState::Running);
+        assert_eq!(
+            post(&owner, &owner.host_id, job_id, "result", result.clone()).await,
+            200
+        );
+        assert_eq!(
+            post(&owner, &owner.host_id, job_id, "result", result.clone()).await,
+            200,
+            "the same result again"
+        );
+        let mut changed = result.clone();
+        changed["state"] = "failed".into();
+        changed["exit_code"] = 1.into();
+        assert_eq!(
+            post(&owner, &owner.host_id, job_id, "result", changed).await,
+            409
+        );
+        let mut mismatched = result.clone();
+        mismatched["job_id"] = "another-job".into();
+        assert_eq!(
+            post(&owner, &owner.host_id, job_id, "result", mismatched).await,
+            400
+        );
+        let done = job(&harness, job_id).await;
+        assert_eq!(
+            (done.state, done.stdout.as_deref()),
+            (JobState::Succeeded, Some("ok\n"))
+        );
+        let unknown = format!("/v1/hosts/{}/jobs/no-such-job/result", owner.host_id);
+        let mut body = result.clone();
+        body["job_id"] = "no-such-job".into();
+        let answer = owner
+            .send(
+                "POST",
+                &unknown,
+                serde_json::to_vec(&body).unwrap(),
+                &owner.signing(),
+            )
+            .await;
+        assert_eq!(answer.status(), 404);
+        let action = harness
+            .store
+            .action(&created.action_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(action.state, ActionState::Completed);
+        harness.stop().await;
+    }
+});

@@ -472,6 +472,14 @@ backends!(
                 store.cancel_job("nope", NOW).await.unwrap(),
                 CancelOutcome::NotFound
             );
+            // A cancelled job was never delivered: no host can report on it.
+            assert!(matches!(
+                store
+                    .record_result("h2", &result("a1-h2", JobResultState::Succeeded, 0))
+                    .await
+                    .unwrap(),
+                ResultOutcome::Conflict(_)
+            ));
             store
                 .record_result("h1", &result("a1-h1", JobResultState::Succeeded, 0))
                 .await
