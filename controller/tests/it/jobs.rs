@@ -325,7 +325,12 @@ backends!(the_job_routes_answer_as_documented, |db: TestDb| {
         let waiting = poll(&owner, &owner.host_id, 25);
         let creating = async {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            run_on(&harness, script("true\n", &[]), &[owner.host_id.clone()]).await
+            run_on(
+                &harness,
+                script("true\n", &[]),
+                std::slice::from_ref(&owner.host_id),
+            )
+            .await
         };
         let (answer, created) = tokio::join!(waiting, creating);
         assert_eq!(answer.status(), 200);
