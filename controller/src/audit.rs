@@ -442,26 +442,61 @@ impl AuditLog {
             })?
     }
 
+    /// Records the final outcome of an action once: at the path of the
+    /// day of `outcome.time`, and not at all (`Ok(None)`) when that path
+    /// holds one already. The check and the write happen under the
+    /// writer lock and the branch's compare-and-swap, so that outcomes
+    /// recorded again (after a retry, by another replica) are never
+    /// written twice.
+    pub async fn record_outcome_once(&self, outcome: Outcome) -> Result<Option<Committed>> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let record = outcome_record(&outcome)?;
+            let day = day_path(outcome.time)?;
+            let path = format!("outcomes/{day}/{}.yaml", outcome.request_id);
+            let committed = this.commit(&record, |tree| {
+                if tree.get_path(Path::new(&path)).is_ok() {
+                    return Err(AuditError::Duplicate {
+                        request_id: outcome.request_id.clone(),
+                    });
+                }
+                Ok(path.clone())
+            });
+            match committed {
+                Ok(committed) => {
+                    this.pushed_later();
+                    Ok(Some(committed))
+                }
+                Err(AuditError::Duplicate { .. }) => Ok(None),
+                Err(err) => Err(err),
+            }
+        })
+        .await
+        .map_err(|err| AuditError::Git {
+            what: "write a commit",
+            detail: format!("the writer task failed: {err}"),
+        })?
+    }
+
+    /// Whether the outcome of `request_id` for the day of `time` is
+    /// recorded (see [`AuditLog::record_outcome_once`]).
+    pub fn has_outcome(&self, request_id: &str, time: i64) -> Result<bool> {
+        let Some(repo) = self.open_existing()? else {
+            return Ok(false);
+        };
+        let Some(head) = head_commit(&repo)? else {
+            return Ok(false);
+        };
+        let tree = head
+            .tree()
+            .map_err(|err| AuditError::git("read the tree", &err))?;
+        let path = format!("outcomes/{}/{request_id}.yaml", day_path(time)?);
+        Ok(tree.get_path(Path::new(&path)).is_ok())
+    }
+
     /// [`AuditLog::record_outcome`] for callers without a runtime.
     pub fn record_outcome_blocking(&self, outcome: &Outcome) -> Result<Committed> {
-        check_request_id(&outcome.request_id)?;
-        let record = Record {
-            kind: RecordKind::Outcome,
-            request_id: outcome.request_id.clone(),
-            time: rfc3339(outcome.time)?,
-            who: Who {
-                user: COMMITTER.into(),
-                email: None,
-                via: "controller".into(),
-                token: None,
-                break_glass: false,
-            },
-            action: "outcome".into(),
-            targets: vec![outcome.request_id.clone()],
-            summary: one_line(&outcome.summary),
-            parameters: outcome.details.clone(),
-            source: None,
-        };
+        let record = outcome_record(outcome)?;
         let day = day_path(outcome.time)?;
         let request_id = outcome.request_id.clone();
         let committed = self.commit(&record, |tree| {
@@ -834,6 +869,29 @@ impl AuditLog {
         }
         Ok(Some(head))
     }
+}
+
+/// The record of an outcome: authored by `muster`, its details as
+/// parameters.
+fn outcome_record(outcome: &Outcome) -> Result<Record> {
+    check_request_id(&outcome.request_id)?;
+    Ok(Record {
+        kind: RecordKind::Outcome,
+        request_id: outcome.request_id.clone(),
+        time: rfc3339(outcome.time)?,
+        who: Who {
+            user: COMMITTER.into(),
+            email: None,
+            via: "controller".into(),
+            token: None,
+            break_glass: false,
+        },
+        action: "outcome".into(),
+        targets: vec![outcome.request_id.clone()],
+        summary: one_line(&outcome.summary),
+        parameters: outcome.details.clone(),
+        source: None,
+    })
 }
 
 /// The commits of the branch, newest first.

@@ -73,6 +73,134 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run a script of the deployed commit on hosts.
+    ///
+    /// Parameters are checked against the script's typed parameters and
+    /// reach it verbatim as `MUSTER_PARAM_<NAME>`. Uses the session of
+    /// `muster login`, or an API token in MUSTER_TOKEN.
+    Run(RunArgs),
+    /// Reboot hosts (`systemctl reboot`), under the rollout limits.
+    Reboot {
+        #[command(flatten)]
+        targets: TargetArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Start, stop or restart a systemd unit on hosts.
+    Service(ServiceArgs),
+    /// List, show and cancel jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+/// Which controller the user API commands call.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// The controller's URL [default: the one `muster login` saved]. With
+    /// an API token in MUSTER_TOKEN, this is the server it is sent to.
+    #[arg(long, env = "MUSTER_SERVER")]
+    pub server: Option<String>,
+}
+
+/// The hosts an action runs on: the union of the groups and hosts named.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// A group of the deployed commit (repeatable).
+    #[arg(long = "group", value_name = "GROUP")]
+    pub groups: Vec<String>,
+    /// An approved host, by name or id (repeatable).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitArgs {
+    /// Wait for the action to finish and print each host's result; exits
+    /// 1 unless every job succeeded.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The `Script` document's name.
+    pub script: String,
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    /// A parameter, `NAME=VALUE` (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    pub operation: ServiceOperationArg,
+    /// The systemd unit, such as `nginx`.
+    pub unit: String,
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServiceOperationArg {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl From<ServiceOperationArg> for muster_schemas::job::ServiceOperation {
+    fn from(operation: ServiceOperationArg) -> Self {
+        match operation {
+            ServiceOperationArg::Start => muster_schemas::job::ServiceOperation::Start,
+            ServiceOperationArg::Stop => muster_schemas::job::ServiceOperation::Stop,
+            ServiceOperationArg::Restart => muster_schemas::job::ServiceOperation::Restart,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs in your scope, newest first.
+    List {
+        /// Only the jobs of this action.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only the jobs of this host (name or id).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only jobs in this state (queued, running, succeeded, failed, …).
+        #[arg(long)]
+        state: Option<String>,
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show one job: state, host, exit code, timings, stdout and stderr.
+    Show {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Cancel a job that no agent has been given yet.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 /// Where the controller keeps its state.

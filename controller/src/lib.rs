@@ -4,6 +4,7 @@
 //! returns an [`ExitCode`] or an [`Error`], which `main` prints and maps to
 //! exit code 2 (usage or I/O error). Commands print their own results.
 
+pub mod actions;
 pub mod audit;
 pub mod cli;
 pub mod commands;
@@ -117,6 +118,12 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         cli::Command::Login(args) => runtime()?.block_on(commands::users::login(args)),
         cli::Command::Logout => runtime()?.block_on(commands::users::logout()),
         cli::Command::Audit { command } => runtime()?.block_on(commands::audit::audit(command)),
+        cli::Command::Run(args) => runtime()?.block_on(commands::actions::run(args)),
+        cli::Command::Reboot { targets, wait, api } => {
+            runtime()?.block_on(commands::actions::reboot(targets, wait, api))
+        }
+        cli::Command::Service(args) => runtime()?.block_on(commands::actions::service(args)),
+        cli::Command::Jobs { command } => runtime()?.block_on(commands::actions::jobs(command)),
     }
 }
 

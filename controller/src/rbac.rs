@@ -331,6 +331,13 @@ impl AccessRules {
         self.commit.as_deref()
     }
 
+    /// The model of that commit: its groups, hosts and scripts (script
+    /// bodies inlined), so that a request resolves its targets against
+    /// the same commit it is authorized by.
+    pub fn model(&self) -> &Arc<FleetModel> {
+        &self.model
+    }
+
     /// Where `caller` holds something that satisfies `need`: the union
     /// of the scopes of every grant that covers it.
     fn scope_of(&self, caller: &Caller, need: &Need) -> Option<Scope> {

@@ -253,13 +253,26 @@ impl Reconciler {
         let commit = commit.to_string();
         self.blocking(move |source| -> Result<_, SourceError> {
             let validation = source.snapshot(&commit)?.validate();
-            let Some(model) = validation.model else {
+            let Some(mut model) = validation.model else {
                 return Ok((None, validation.diagnostics));
             };
             let mut sources = SourceMap::default();
             for path in referenced_files(&model) {
                 if let Some(bytes) = source.read_file(&commit, &path)? {
                     sources.0.insert(path, bytes);
+                }
+            }
+            // Scripts run from the deployed model (ad-hoc runs, the
+            // scheduler): their `source` files are read at the same commit
+            // and inlined as their bodies. Validation found each file; one
+            // that is not UTF-8 leaves the script without a body, which a
+            // run then refuses.
+            for script in model.scripts.values_mut() {
+                if script.body.is_none()
+                    && let Some(path) = &script.source
+                    && let Some(bytes) = source.read_file(&commit, path)?
+                {
+                    script.body = String::from_utf8(bytes).ok();
                 }
             }
             Ok((Some((model, sources)), validation.diagnostics))

@@ -1020,7 +1020,9 @@ fn check_script(
         }
         (Some(_), None) => {}
     }
-    check_name(ctx, &root.key("run_as"), &script.run_as, "user name");
+    if let Some(user) = &script.run_as {
+        check_name(ctx, &root.key("run_as"), user, "user name");
+    }
     if script.timeout.as_secs() == 0 {
         ctx.error(&root.key("timeout"), "timeout must be longer than 0s", None);
     }

@@ -244,10 +244,32 @@ pub async fn hosts(command: HostsCommand) -> Result<ExitCode, Error> {
     }
 }
 
+/// Approves or rejects hosts, each after its audit commit (authored by
+/// the local account, `via: cli`); a host whose commit cannot be written
+/// is left as it is.
 async fn set_state(names: &[String], data: &DataArgs, state: HostState) -> Result<ExitCode, Error> {
     let store = open_store(data).await?;
+    let audit = crate::audit::AuditLog::in_data_dir(&data.data_dir);
+    let verb = if state == HostState::Approved {
+        "approve"
+    } else {
+        "reject"
+    };
     for name in names {
         let host = find(&store, name).await?;
+        audit
+            .record(crate::audit::Action {
+                request_id: crate::audit::new_request_id(),
+                who: crate::audit::Who::local(),
+                action: format!("hosts.{verb}"),
+                targets: vec![host.name.clone()],
+                summary: format!("{verb} host {} ({}) on the database", host.name, host.id),
+                parameters: Vec::new(),
+                source: None,
+                time: now(),
+            })
+            .await
+            .map_err(|err| Error::Usage(format!("{err}: {} was left as it is", host.name)))?;
         store.set_host_state(&host.id, state).await?;
         println!("{} is {}", host.name, state.as_str());
     }

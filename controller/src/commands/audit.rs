@@ -82,7 +82,12 @@ pub async fn audit(command: AuditCommand) -> Result<ExitCode, Error> {
         AuditCommand::Verify { data } => {
             let log = AuditLog::in_data_dir(&data.data_dir);
             let path = log.path().display().to_string();
-            let verification = tokio::task::spawn_blocking(move || log.verify(&[]))
+            // Every action the store says was audited must have its commit.
+            let store = super::serve::open_store(&data).await?;
+            let expected = audited_request_ids(&store).await;
+            store.close().await;
+            let expected = expected?;
+            let verification = tokio::task::spawn_blocking(move || log.verify(&expected))
                 .await
                 .map_err(|err| Error::Usage(format!("the verifying task failed: {err}")))?
                 .map_err(|err| Error::Usage(err.to_string()))?;
@@ -112,6 +117,23 @@ pub async fn audit(command: AuditCommand) -> Result<ExitCode, Error> {
             }
         }
     }
+}
+
+/// The request ids of the actions in the store that have an audit commit.
+async fn audited_request_ids(store: &crate::store::Store) -> Result<Vec<String>, Error> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT request_id FROM actions WHERE audit_commit IS NOT NULL AND request_id IS NOT NULL",
+    )
+    .fetch_all(store.pool())
+    .await
+    .map_err(crate::store::StoreError::from)?;
+    rows.iter()
+        .map(|row| {
+            row.try_get::<String, _>("request_id")
+                .map_err(|err| Error::Store(crate::store::StoreError::from(err)))
+        })
+        .collect()
 }
 
 /// `3 actions and 1 outcome`.

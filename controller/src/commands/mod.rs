@@ -1,5 +1,6 @@
 //! One module per `muster` subcommand.
 
+pub mod actions;
 pub mod admin;
 pub mod audit;
 pub mod quickstart;

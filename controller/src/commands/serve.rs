@@ -289,7 +289,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         access: access.clone(),
         audit: audit.clone(),
         user_auth: Arc::new(server::user_auth::UserAuth::new(config.user_auth.clone())),
+        key: Arc::clone(&key),
+        outcomes: crate::actions::Outcomes::default(),
     };
+    let outcomes = state.outcomes.clone();
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|err| Error::io(format!("cannot listen on {}", config.listen), err))?;
@@ -318,6 +321,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let reconciling = tokio::spawn(reconciler.run(trigger, stopped(watch.clone())));
     let _pushing = audit.spawn_pusher(stopped(watch.clone()));
+    tokio::spawn(outcomes.run(store.clone(), audit.clone(), stopped(watch.clone())));
     // Handlers see the peer's address: login limits and audit records
     // name it.
     let service =

@@ -515,7 +515,7 @@ fn save_session(session: &SavedSession) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
-fn http_client() -> Result<reqwest::Client, Error> {
+pub(crate) fn http_client() -> Result<reqwest::Client, Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
@@ -525,7 +525,7 @@ fn http_client() -> Result<reqwest::Client, Error> {
 }
 
 /// The message of an error answer: its `error` field, or the status.
-async fn error_message(response: reqwest::Response) -> String {
+pub(crate) async fn error_message(response: reqwest::Response) -> String {
     let status = response.status();
     match response.json::<ErrorBody>().await {
         Ok(body) => format!("{status}: {}", body.error),

@@ -398,7 +398,12 @@ async fn job_result(
                 state = result.state.as_str(),
                 "job result"
             );
-            crate::jobs::release_and_notify(&state.store, &state.hub, &action_id, now).await?;
+            let release =
+                crate::jobs::release_and_notify(&state.store, &state.hub, &action_id, now).await?;
+            // An action that ended gets its outcome in the audit repository.
+            if release.state != Some(crate::store::ActionState::Running) {
+                state.outcomes.poke();
+            }
             Ok(StatusCode::OK)
         }
         // The first copy may have been stored by a request that failed

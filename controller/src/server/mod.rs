@@ -1,4 +1,5 @@
-//! The controller's HTTP server: the agent API, webhooks and health.
+//! The controller's HTTP server: the agent API, the user API, webhooks
+//! and health.
 //!
 //! Each area has a `router(state)`; they are merged here. Handlers return
 //! `ApiError` for anything that is not a success: bad input becomes a 4xx
@@ -10,6 +11,7 @@ pub mod auth;
 pub mod cache;
 pub mod hooks;
 pub mod hub;
+pub mod user_api;
 pub mod user_auth;
 
 use std::sync::Arc;
@@ -49,6 +51,11 @@ pub struct AppState {
     pub audit: crate::audit::AuditLog,
     /// Login limits, sessions and the clock of user authentication.
     pub user_auth: Arc<user_auth::UserAuth>,
+    /// The controller's signing key: ad-hoc actions sign their jobs.
+    pub key: Arc<crate::signing::SigningKey>,
+    /// Wakes the recording of ended actions' outcomes in the audit
+    /// repository.
+    pub outcomes: crate::actions::Outcomes,
 }
 
 /// The whole HTTP surface.
@@ -59,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agent_api::router(state.clone()))
         .merge(hooks::router(state.clone()))
         .merge(user_auth::router(state.clone()))
+        .merge(user_api::router(state.clone()))
         .with_state(state)
 }
 

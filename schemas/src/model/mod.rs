@@ -297,7 +297,7 @@ mod tests {
         };
         assert_eq!(script.interpreter.as_str(), "/bin/sh");
         assert_eq!(script.timeout.as_secs(), 600);
-        assert_eq!(script.run_as, "root");
+        assert_eq!(script.run_as, None, "the agent's own user");
         assert_eq!(script.timezone, crate::types::TimeZone::UTC);
         assert_eq!(script.splay.as_secs(), 0);
         assert!(script.schedule.is_none() && script.targets.is_none());

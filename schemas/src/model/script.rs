@@ -36,9 +36,12 @@ pub struct ScriptSpec {
     /// Stop the script after this long and report it timed out.
     #[serde(default = "ScriptSpec::default_timeout")]
     pub timeout: Duration,
-    /// The user the script runs as.
-    #[serde(default = "ScriptSpec::default_run_as")]
-    pub run_as: String,
+    /// The user the script runs as, such as `root` or `postgres`; the
+    /// agent's own user when not set (`root` for an agent installed as a
+    /// system service). An agent sandboxed with `--root` refuses a script
+    /// for another user than its own, rather than pretend to switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
     /// Run on a schedule: a standard crontab expression (`0 3 * * 1` is
     /// Mondays at 03:00) in `timezone`, on every host of `targets`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,9 +69,6 @@ impl ScriptSpec {
     }
     fn default_timeout() -> Duration {
         Duration::from_secs(600)
-    }
-    fn default_run_as() -> String {
-        "root".into()
     }
 }
 
