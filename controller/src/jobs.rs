@@ -151,6 +151,15 @@ pub fn run_timeout(kind: &JobKind) -> u64 {
     }
 }
 
+/// One host of an action, and when its job may start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobTarget {
+    pub host_id: String,
+    /// The job is not handed to the agent before this time (unix seconds);
+    /// at once when `None`.
+    pub not_before: Option<i64>,
+}
+
 /// Creates an action with one signed job per host in `host_ids` (in that
 /// order, duplicates dropped), stores them in one transaction, releases
 /// the first jobs under the rollout limits and wakes the agents of the
@@ -166,10 +175,32 @@ pub async fn create_action(
     host_ids: &[String],
     now: i64,
 ) -> Result<CreatedAction, JobsError> {
-    let mut hosts: Vec<&str> = Vec::with_capacity(host_ids.len());
-    for host_id in host_ids {
-        if !hosts.contains(&host_id.as_str()) {
-            hosts.push(host_id);
+    let targets: Vec<JobTarget> = host_ids
+        .iter()
+        .map(|host_id| JobTarget {
+            host_id: host_id.clone(),
+            not_before: None,
+        })
+        .collect();
+    create_action_for(store, key, hub, request, &targets, now).await
+}
+
+/// [`create_action`] with a start time per host (the scheduler's splay and
+/// held hosts). The rollout releases jobs in the order of `targets`: give
+/// them by start time, so that jobs waiting for theirs do not hold the
+/// room of `max_parallel` from jobs that could run.
+pub async fn create_action_for(
+    store: &Store,
+    key: &SigningKey,
+    hub: &Hub,
+    request: &ActionRequest,
+    targets: &[JobTarget],
+    now: i64,
+) -> Result<CreatedAction, JobsError> {
+    let mut hosts: Vec<&JobTarget> = Vec::with_capacity(targets.len());
+    for target in targets {
+        if !hosts.iter().any(|host| host.host_id == target.host_id) {
+            hosts.push(target);
         }
     }
     if hosts.is_empty() {
@@ -183,7 +214,8 @@ pub async fn create_action(
     let expires_at = now.saturating_add(ttl);
     let timeout = run_timeout(&request.kind);
     let mut jobs = Vec::with_capacity(hosts.len());
-    for host_id in &hosts {
+    for target in &hosts {
+        let host_id = &target.host_id;
         let job = Job {
             job_id: new_id()?,
             host_id: host_id.to_string(),
@@ -205,6 +237,7 @@ pub async fn create_action(
                 .schedule
                 .as_ref()
                 .map(|slot| format!("{}|{}|{host_id}", slot.script, slot.slot)),
+            not_before: target.not_before,
         });
     }
     let action = NewAction {

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod rbac;
 pub mod reconcile;
 pub mod repo;
+pub mod scheduler;
 pub mod server;
 pub mod signing;
 pub mod source;

@@ -249,6 +249,15 @@ impl Running {
 
 /// Starts a controller: opens everything, binds, and serves until stopped.
 pub async fn start(config: Config) -> Result<Running, Error> {
+    start_with_clock(config, Arc::new(crate::scheduler::SystemClock)).await
+}
+
+/// [`start`] with the scheduler reading `clock`: tests drive scheduled
+/// scripts through their slots with a [`crate::scheduler::ManualClock`].
+pub async fn start_with_clock(
+    config: Config,
+    clock: Arc<dyn crate::scheduler::Clock>,
+) -> Result<Running, Error> {
     let (key, created) = open_data_dir(&config.data.data_dir)?;
     if created {
         tracing::info!(data_dir = %config.data.data_dir.display(), "created a signing key");
@@ -320,6 +329,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let _ = watch.wait_for(|stop| *stop).await;
     };
     let reconciling = tokio::spawn(reconciler.run(trigger, stopped(watch.clone())));
+    let scheduler = Arc::new(crate::scheduler::Scheduler::new(
+        store.clone(),
+        Arc::clone(&key),
+        Arc::clone(&hub),
+        audit.clone(),
+        access.clone(),
+        clock,
+    ));
+    let scheduling = tokio::spawn(scheduler.run(stopped(watch.clone())));
     let _pushing = audit.spawn_pusher(stopped(watch.clone()));
     tokio::spawn(outcomes.run(store.clone(), audit.clone(), stopped(watch.clone())));
     // Handlers see the peer's address: login limits and audit records
@@ -379,6 +397,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             }
         };
         let _ = reconciling.await;
+        let _ = scheduling.await;
         store.close().await;
         result
     });

@@ -4,7 +4,9 @@
 //! **A job's life.** Jobs are created `pending`, all of an action's at once
 //! and already signed. [`Store::release`] queues them under the action's
 //! rollout limits. An agent's poll claims its `queued` jobs
-//! ([`Store::jobs_for_host`]): they become `delivered` with a lease; the
+//! ([`Store::jobs_for_host`]), a job with a `not_before` time (scheduled
+//! runs: splay, maintenance windows) only from that time on: they become
+//! `delivered` with a lease; the
 //! agent's `started` notice makes them `running` with a lease as long as
 //! the job's timeout; its result makes them `succeeded`, `failed`,
 //! `timed_out` or `refused`. A delivered or running job whose lease ran out
@@ -57,7 +59,7 @@ pub const EXPIRY_GRACE_SECS: i64 = MAX_SKEW_SECS;
 /// poll.
 pub const MAX_JOBS_PER_POLL: i64 = 50;
 
-/// Job rows per INSERT statement (13 parameters each).
+/// Job rows per INSERT statement (14 parameters each).
 const INSERT_BATCH: usize = 200;
 
 /// Where a job came from.
@@ -244,6 +246,10 @@ pub struct NewJob {
     /// `script|slot|host` for a scheduled job: unique, so that a slot is
     /// scheduled once however many controllers try.
     pub schedule_key: Option<String>,
+    /// The job is not handed to its agent before this time (a scheduled
+    /// job's slot plus splay, or the end of a window holding it); at once
+    /// when `None`. It may be queued earlier and then counts as in flight.
+    pub not_before: Option<i64>,
 }
 
 /// A stored action.
@@ -292,6 +298,7 @@ pub struct JobRecord {
     pub stderr: Option<String>,
     pub message: Option<String>,
     pub schedule_key: Option<String>,
+    pub not_before: Option<i64>,
 }
 
 /// What a [`Store::release`] did.
@@ -356,11 +363,12 @@ pub struct JobFilter {
     pub limit: i64,
 }
 
-/// Jobs that an agent's poll may be given now: queued and not expired, or
-/// delivered or running with their lease run out. `$N` is the time.
+/// Jobs that an agent's poll may be given now: queued, not expired and
+/// past their `not_before`, or delivered or running with their lease run
+/// out. `$N` is the time.
 fn ready_condition(now: &str) -> String {
     format!(
-        "((state = 'queued' AND expires_at > {now}) OR (state IN ('delivered', 'running') AND lease_until <= {now}))"
+        "((state = 'queued' AND expires_at > {now} AND (not_before IS NULL OR not_before <= {now})) OR (state IN ('delivered', 'running') AND lease_until <= {now}))"
     )
 }
 
@@ -402,16 +410,17 @@ impl Store {
         for (n_chunk, chunk) in jobs.chunks(INSERT_BATCH).enumerate() {
             let mut sql = String::from(
                 "INSERT INTO jobs (id, host_id, action_id, position, kind, payload, signature, source,
-                    requested_by, state, attempts, run_timeout, expires_at, created_at, schedule_key) VALUES ",
+                    requested_by, state, attempts, run_timeout, expires_at, created_at, schedule_key,
+                    not_before) VALUES ",
             );
             for row in 0..chunk.len() {
-                let n = row * 13;
+                let n = row * 14;
                 if row > 0 {
                     sql.push_str(", ");
                 }
                 let p = |i: usize| format!("${}", n + i);
                 sql.push_str(&format!(
-                    "({}, {}, {}, {}, {}, {}, {}, {}, {}, 'pending', 0, {}, {}, {}, {})",
+                    "({}, {}, {}, {}, {}, {}, {}, {}, {}, 'pending', 0, {}, {}, {}, {}, {})",
                     p(1),
                     p(2),
                     p(3),
@@ -424,7 +433,8 @@ impl Store {
                     p(10),
                     p(11),
                     p(12),
-                    p(13)
+                    p(13),
+                    p(14)
                 ));
             }
             let mut query = sqlx::query(&sql);
@@ -443,7 +453,8 @@ impl Store {
                     .bind(to_i64(job.run_timeout))
                     .bind(job.expires_at)
                     .bind(action.created_at)
-                    .bind(&job.schedule_key);
+                    .bind(&job.schedule_key)
+                    .bind(job.not_before);
             }
             if let Err(err) = query.execute(&mut *tx).await {
                 tx.rollback().await?;
@@ -966,6 +977,7 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
         stderr: row.try_get("stderr")?,
         message: row.try_get("message")?,
         schedule_key: row.try_get("schedule_key")?,
+        not_before: row.try_get("not_before")?,
     })
 }
 

@@ -31,6 +31,11 @@ const SQLITE: &[Migration] = &[
         name: "users",
         sql: include_str!("../../migrations/sqlite/0003_users.sql"),
     },
+    Migration {
+        version: 4,
+        name: "schedules",
+        sql: include_str!("../../migrations/sqlite/0004_schedules.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -48,6 +53,11 @@ const POSTGRES: &[Migration] = &[
         version: 3,
         name: "users",
         sql: include_str!("../../migrations/postgres/0003_users.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "schedules",
+        sql: include_str!("../../migrations/postgres/0004_schedules.sql"),
     },
 ];
 

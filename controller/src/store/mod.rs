@@ -8,6 +8,7 @@
 
 mod jobs;
 mod migrate;
+mod schedules;
 mod users;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +25,8 @@ pub use users::{
     ApiTokenRecord, AttemptGate, AttemptLimit, BearerRecord, UserRecord, address_subject,
     user_subject,
 };
+
+pub use schedules::{ScheduleRecord, ScheduleSpec};
 
 pub use jobs::{
     ActionRecord, ActionState, CancelOutcome, DELIVERY_LEASE_SECS, EXPIRY_GRACE_SECS, JobFilter,

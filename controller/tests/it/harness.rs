@@ -6,10 +6,12 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use muster_controller::cli::DataArgs;
 use muster_controller::commands::serve::{self, Config, Running};
+use muster_controller::scheduler::{Clock, SystemClock};
 use muster_controller::server::agent_api::token_hash;
 use muster_controller::signing::SigningKey;
 use muster_controller::store::{Store, TokenRecord};
@@ -131,6 +133,8 @@ pub(crate) struct Harness {
     pub(crate) http: reqwest::Client,
     /// What the controller was started with; a restart reuses it.
     config: Config,
+    /// The scheduler's clock; a restart reuses it.
+    clock: Arc<dyn Clock>,
     running: Option<Running>,
 }
 
@@ -141,6 +145,15 @@ impl Harness {
 
     /// Starts a controller after `adjust` changed its configuration.
     pub(crate) async fn start_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Harness {
+        Self::start_with_clock(db, Arc::new(SystemClock), adjust).await
+    }
+
+    /// [`Harness::start_with`], the scheduler reading `clock`.
+    pub(crate) async fn start_with_clock(
+        db: TestDb,
+        clock: Arc<dyn Clock>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let repo = FleetRepo::from_example();
         let mut config = Config {
@@ -166,7 +179,7 @@ impl Harness {
         } else {
             "http"
         };
-        let running = serve::start(config.clone())
+        let running = serve::start_with_clock(config.clone(), Arc::clone(&clock))
             .await
             .expect("the controller starts");
         // A restart listens where agents already point.
@@ -181,8 +194,14 @@ impl Harness {
             store,
             http: reqwest::Client::new(),
             config,
+            clock,
             running: Some(running),
         }
+    }
+
+    /// What the controller was started with (its address included).
+    pub(crate) fn config(&self) -> Config {
+        self.config.clone()
     }
 
     /// The access rules in force, through the cell the controller's
@@ -220,7 +239,7 @@ impl Harness {
     /// address.
     pub(crate) async fn restart_controller(&mut self) {
         assert!(self.running.is_none(), "the controller is still running");
-        let running = serve::start(self.config.clone())
+        let running = serve::start_with_clock(self.config.clone(), Arc::clone(&self.clock))
             .await
             .expect("the controller starts again on its address");
         assert_eq!(running.public_key, self.public_key);

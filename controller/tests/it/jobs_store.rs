@@ -92,6 +92,7 @@ fn jobs(action_id: &str, hosts: &[String]) -> Vec<NewJob> {
             run_timeout: 600,
             expires_at: NOW + 3_600,
             schedule_key: None,
+            not_before: None,
         })
         .collect()
 }

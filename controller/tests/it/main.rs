@@ -15,6 +15,7 @@ mod jobs_store;
 mod quickstart;
 mod rbac;
 mod robustness;
+mod scheduler;
 mod source;
 mod store;
 mod support;
