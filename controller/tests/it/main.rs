@@ -1,5 +1,6 @@
 //! Integration tests of the `muster` command and the controller library.
 
+mod actions;
 mod admin;
 mod agents;
 mod agents_attacks;
