@@ -47,6 +47,9 @@ pub enum Command {
         #[command(subcommand)]
         command: CommitsCommand,
     },
+    /// Show the scheduled scripts of the deployed commit: their next runs,
+    /// in each script's time zone, and the last slot that ran.
+    Schedules(DataOnly),
     /// Add, remove and list users, and change their passwords.
     ///
     /// Works on the controller's database. Passwords are asked without

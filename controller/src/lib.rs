@@ -112,6 +112,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         cli::Command::Token { command } => runtime()?.block_on(commands::admin::token(command)),
         cli::Command::Hosts { command } => runtime()?.block_on(commands::admin::hosts(command)),
         cli::Command::Commits { command } => runtime()?.block_on(commands::admin::commits(command)),
+        cli::Command::Schedules(args) => runtime()?.block_on(commands::schedules::schedules(args)),
         cli::Command::User { command } => runtime()?.block_on(commands::users::user(command)),
         cli::Command::Apitoken { command } => {
             runtime()?.block_on(commands::users::apitoken(command))

@@ -582,6 +582,12 @@ impl Scheduler {
                 script.name
             )
         };
+        // People read the targets by name; the rollout goes by start time.
+        let mut host_names: Vec<String> = targets
+            .iter()
+            .map(|(_, name, _)| name.to_string())
+            .collect();
+        host_names.sort();
         let audited = self
             .audit
             .record(audit::Action {
@@ -594,10 +600,7 @@ impl Scheduler {
                     break_glass: false,
                 },
                 action: "scripts.run".into(),
-                targets: targets
-                    .iter()
-                    .map(|(_, name, _)| name.to_string())
-                    .collect(),
+                targets: host_names,
                 summary: summary.clone(),
                 parameters: script.audit_parameters.clone(),
                 source: None,

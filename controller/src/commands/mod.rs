@@ -4,6 +4,7 @@ pub mod actions;
 pub mod admin;
 pub mod audit;
 pub mod quickstart;
+pub mod schedules;
 pub mod schema;
 pub mod serve;
 pub mod users;

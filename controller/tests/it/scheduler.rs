@@ -166,6 +166,25 @@ fn audited(data_dir: &std::path::Path) -> BTreeMap<String, muster_controller::au
         .collect()
 }
 
+/// `muster schedules` on the harness's database.
+async fn muster_schedules(harness: &Harness) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_muster"));
+    command
+        .arg("schedules")
+        .arg("--data-dir")
+        .arg(harness.data_dir())
+        .args(["--database-url", &harness.db_url]);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 backends!(
     a_slot_runs_once_across_restarts_and_only_the_latest_missed_slot_runs,
     |db: TestDb| {
@@ -240,6 +259,29 @@ backends!(
             let row = store.schedule(SCRIPT).await.unwrap().unwrap();
             assert_eq!(row.last_slot, Some(latest));
             assert_eq!(audited(harness.data_dir()).len(), 3);
+
+            // `muster schedules` lists it with its next runs in its time
+            // zone and the last slot that ran.
+            let output = muster_schedules(&harness).await;
+            let berlin = "Europe/Berlin"
+                .parse::<muster_schemas::types::TimeZone>()
+                .unwrap()
+                .tz();
+            let last = chrono::DateTime::from_timestamp(latest, 0)
+                .unwrap()
+                .with_timezone(&berlin)
+                .format("%Y-%m-%d %H:%M %Z")
+                .to_string();
+            let line = output
+                .lines()
+                .find(|line| line.starts_with(SCRIPT))
+                .unwrap_or_else(|| panic!("{output}"));
+            assert!(
+                line.contains("* * * * *") && line.contains("Europe/Berlin"),
+                "{line}"
+            );
+            assert!(line.contains(&format!("{last} (")), "{line}");
+            assert_eq!(line.matches(", ").count(), 2, "three next runs: {line}");
             harness.stop().await;
         }
     }
