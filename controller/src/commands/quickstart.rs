@@ -8,6 +8,12 @@
 //! hosts converging — until ctrl-c or SIGTERM, which stop the agents and
 //! the controller cleanly.
 //!
+//! On a fresh start it adds the users the example repo's RBAC names (alice,
+//! an admin; bob, an operator of the web hosts) with random passwords in
+//! `DIR/passwords/NAME` (mode 0600), so that the banner's `muster login`,
+//! `muster run` and `muster jobs show` work as written. The agents run as
+//! the invoking user, and so do scripts without `run_as`.
+//!
 //! Nothing outside the directory is touched: the agents run with `--root`,
 //! so the resources that cannot be sandboxed (packages, services, users)
 //! are reported `skipped`.
@@ -184,6 +190,7 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode, Error> {
         );
     }
 
+    let passwords = create_users(&store, &data, &dir).await?;
     watch.skip_earlier_reports(&store).await?;
     let hosts = local_hosts(&dir, args.web, args.db);
     for host in &hosts {
@@ -204,6 +211,7 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode, Error> {
         return Err(err);
     }
     print_ready(&dir, &repo_dir, &data, &hosts);
+    print_actions(&url, &data, &passwords);
 
     let mut shutdown = std::pin::pin!(serve::shutdown_signal());
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
@@ -228,6 +236,101 @@ pub async fn run(args: QuickstartArgs) -> Result<ExitCode, Error> {
         dir.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The users of the example repo's RBAC (`rbac/`): alice is bound to the
+/// `admin` role fleet-wide, bob (in `web-team`) to `operator` on group
+/// `web`.
+pub const QUICKSTART_USERS: [&str; 2] = ["alice", "bob"];
+
+/// Where the quickstart keeps its users' passwords: one file per user,
+/// readable by the invoking user only, in a directory only it can enter.
+pub fn passwords_dir(dir: &Path) -> PathBuf {
+    dir.join("passwords")
+}
+
+/// Creates the example users that do not exist yet, each with a random
+/// password written to `DIR/passwords/NAME` (mode 0600) and audited like
+/// `muster user add`. Users that exist are left alone (their password
+/// file, if any, is kept). Returns the password files.
+async fn create_users(store: &Store, data: &DataArgs, dir: &Path) -> Result<PathBuf, Error> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let passwords = passwords_dir(dir);
+    if !passwords.exists() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&passwords)
+            .map_err(|err| Error::io(format!("cannot create `{}`", passwords.display()), err))?;
+    }
+    let audit = crate::audit::AuditLog::in_data_dir(&data.data_dir);
+    for name in QUICKSTART_USERS {
+        if store.user(name).await?.is_some() {
+            continue;
+        }
+        let password = crate::server::user_auth::new_secret("").map_err(Error::Usage)?;
+        let hash = {
+            let password = password.clone();
+            tokio::task::spawn_blocking(move || crate::server::user_auth::hash_password(&password))
+                .await
+                .map_err(|err| Error::Usage(format!("the hashing task failed: {err}")))?
+                .map_err(Error::Usage)?
+        };
+        audit
+            .record(crate::audit::Action {
+                request_id: crate::audit::new_request_id(),
+                who: crate::audit::Who::local(),
+                action: "user.add".into(),
+                targets: vec![name.into()],
+                summary: format!("quickstart added user {name}"),
+                parameters: Vec::new(),
+                source: None,
+                time: now(),
+            })
+            .await
+            .map_err(|err| Error::Usage(format!("{err}: the quickstart users were not added")))?;
+        let file = passwords.join(name);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)
+            .map_err(|err| Error::io(format!("cannot write `{}`", file.display()), err))?;
+        writeln!(out, "{password}")
+            .and_then(|()| out.sync_all())
+            .map_err(|err| Error::io(format!("cannot write `{}`", file.display()), err))?;
+        store.add_user(name, &hash, false, now()).await?;
+        println!("  user         {name} (password in {})", file.display());
+    }
+    Ok(passwords)
+}
+
+/// The run-a-script part of the banner.
+fn print_actions(url: &str, data: &DataArgs, passwords: &Path) {
+    let muster = std::env::current_exe()
+        .ok()
+        .map(|exe| shorter(&exe))
+        .unwrap_or_else(|| "muster".into());
+    println!("Run a reviewed script as an operator (bob may operate the web hosts only):");
+    println!();
+    println!(
+        "  {muster} login --server {url} --user bob < {}/bob",
+        passwords.display()
+    );
+    println!("  {muster} run restart-service --group web --param service=nginx --wait");
+    println!("  {muster} jobs list");
+    println!("  {muster} jobs show JOB   # a job id from `run`");
+    println!(
+        "  {muster} run restart-service --host db-01 --param service=postgresql   # refused: db is not bob's"
+    );
+    println!(
+        "  git -C {}/audit.git log --format='%an: %s'   # every action, authored by its user",
+        data.data_dir.display()
+    );
+    println!();
+    println!("What happens is printed below. Ctrl-C stops the agents and the controller.");
+    println!();
 }
 
 /// The `muster-agent` binary to run.
@@ -558,8 +661,6 @@ fn print_ready(dir: &Path, repo_dir: &Path, data: &DataArgs, hosts: &[LocalHost]
     println!("  {muster} hosts list --data-dir {data_dir}");
     println!("  {muster} commits list --data-dir {data_dir}");
     println!("  {muster} validate .   # before committing: every problem at once");
-    println!();
-    println!("What happens is printed below. Ctrl-C stops the agents and the controller.");
     println!();
 }
 
