@@ -590,6 +590,38 @@ backends!(
                 .await;
             }
             let data = h.data_dir().display().to_string();
+
+            // Host approval: scoped on the API, audited on both paths.
+            let (status, answer) = post(&h, &bob, "/v1/hosts/db-01/reject", &json!({})).await;
+            assert_eq!(status, 403, "bob approves web hosts only: {answer}");
+            let rejected = muster(
+                config.path(),
+                &[
+                    "hosts",
+                    "reject",
+                    "db-01",
+                    "--data-dir",
+                    &data,
+                    "--database-url",
+                    &h.db_url,
+                ],
+                "",
+            )
+            .await;
+            assert!(succeeded(&rejected).contains("db-01 is rejected"));
+            let (author, message) = audit_commits(h.data_dir()).remove(0);
+            assert_eq!(
+                (author.as_str(), message.starts_with("hosts.reject db-01")),
+                ("operator", true)
+            );
+            let (status, answer) = post(&h, &alice, "/v1/hosts/db-01/approve", &json!({})).await;
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer["state"], "approved");
+            let (author, message) = audit_commits(h.data_dir()).remove(0);
+            assert_eq!(
+                (author.as_str(), message.starts_with("hosts.approve db-01")),
+                ("alice", true)
+            );
             let verified = muster(
                 config.path(),
                 &[
