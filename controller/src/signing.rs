@@ -458,6 +458,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use muster_schemas::bundle::{BundleError, Desired, verify};
+    use muster_schemas::signed::SignedDocumentError;
 
     use super::*;
 
@@ -569,7 +570,10 @@ mod tests {
             bundle: signed.bundle.replace("web-01", "web-02"),
             ..signed.clone()
         };
-        assert_eq!(refused(&tampered, "h-1", 4, NOW), BundleError::BadSignature);
+        assert_eq!(
+            refused(&tampered, "h-1", 4, NOW),
+            BundleError::Signed(SignedDocumentError::BadSignature)
+        );
 
         let mut signature: Vec<String> = signed.signature.lines().map(String::from).collect();
         signature[2] = signature[2].replace("generation=5", "generation=6");
@@ -579,19 +583,22 @@ mod tests {
         };
         assert_eq!(
             refused(&forged_comment, "h-1", 4, NOW),
-            BundleError::BadSignature
+            BundleError::Signed(SignedDocumentError::BadSignature)
         );
 
         let other = SigningKey::generate().expect("a key");
         let foreign = other.sign(&bundle("h-1", 5));
-        assert_eq!(refused(&foreign, "h-1", 4, NOW), BundleError::UnknownKey);
+        assert_eq!(
+            refused(&foreign, "h-1", 4, NOW),
+            BundleError::Signed(SignedDocumentError::UnknownKey)
+        );
 
         assert_eq!(
             refused(&signed, "h-2", 4, NOW),
-            BundleError::WrongHost {
+            BundleError::Signed(SignedDocumentError::WrongHost {
                 expected: "h-2".into(),
                 found: "h-1".into()
-            }
+            })
         );
         for last in [5, 6] {
             assert_eq!(
@@ -624,9 +631,9 @@ mod tests {
         };
         assert_eq!(
             refused(&mismatched, "h-1", 4, NOW),
-            BundleError::CommentMismatch {
+            BundleError::Signed(SignedDocumentError::CommentMismatch {
                 field: "generation"
-            }
+            })
         );
         let not_a_bundle = SignedBundle {
             signature: key.sign_bytes(

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::model::{CheckSpec, PolicyMode, Resource};
+use crate::signed::{SignedDocumentError, check_host, verify_signature};
 
 /// One host's bundle: who it is for, which generation it is, the commit it
 /// was compiled from, how long it may be applied, and the desired state.
@@ -200,12 +201,13 @@ impl fmt::Display for TrustedComment {
 }
 
 impl FromStr for TrustedComment {
-    type Err = BundleError;
+    type Err = SignedDocumentError;
 
     /// Parses exactly the form [`Display`](fmt::Display) writes: the tag,
     /// then the four fields in order, separated by single spaces.
-    fn from_str(text: &str) -> Result<Self, BundleError> {
-        let malformed = |why: &str| BundleError::MalformedComment(format!("{why} in `{text}`"));
+    fn from_str(text: &str) -> Result<Self, SignedDocumentError> {
+        let malformed =
+            |why: &str| SignedDocumentError::MalformedComment(format!("{why} in `{text}`"));
         let mut words = text.split(' ');
         if words.next() != Some(TRUSTED_COMMENT_TAG) {
             return Err(malformed("missing the `muster-bundle` tag"));
@@ -241,22 +243,9 @@ impl FromStr for TrustedComment {
 /// Why an agent refuses a bundle. Each variant names the check that failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BundleError {
-    /// The pinned public key is not a minisign public key.
-    InvalidPublicKey,
-    /// The signature text is not a minisign signature.
-    MalformedSignature,
-    /// The signature was made with another key than the pinned one.
-    UnknownKey,
-    /// The signature does not verify over the bundle bytes.
-    BadSignature,
-    /// The trusted comment is not in the `muster-bundle …` form.
-    MalformedComment(String),
-    /// The signed bytes are not a bundle.
-    Malformed(String),
-    /// A header field of the bundle differs from the signed trusted comment.
-    CommentMismatch { field: &'static str },
-    /// The bundle is for another host.
-    WrongHost { expected: String, found: String },
+    /// A check that jobs pass too failed: the key, the signature, the
+    /// trusted comment, the bundle's bytes and header, or its host.
+    Signed(SignedDocumentError),
     /// The generation is not newer than the one applied last: a replay or a
     /// rollback.
     OldGeneration { generation: u64, last_applied: u64 },
@@ -268,48 +257,23 @@ impl BundleError {
     /// A short, stable name of the failed check, for metrics and reports.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            BundleError::InvalidPublicKey => "invalid_public_key",
-            BundleError::MalformedSignature => "malformed_signature",
-            BundleError::UnknownKey => "unknown_key",
-            BundleError::BadSignature => "bad_signature",
-            BundleError::MalformedComment(_) => "malformed_comment",
-            BundleError::Malformed(_) => "malformed",
-            BundleError::CommentMismatch { .. } => "comment_mismatch",
-            BundleError::WrongHost { .. } => "wrong_host",
+            BundleError::Signed(err) => err.metric_label(),
             BundleError::OldGeneration { .. } => "old_generation",
             BundleError::Expired { .. } => "expired",
         }
     }
 }
 
+impl From<SignedDocumentError> for BundleError {
+    fn from(err: SignedDocumentError) -> Self {
+        BundleError::Signed(err)
+    }
+}
+
 impl fmt::Display for BundleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BundleError::InvalidPublicKey => f.write_str(
-                "the pinned controller key is not a minisign public key: enroll the host again",
-            ),
-            BundleError::MalformedSignature => {
-                f.write_str("bundle signature is not a minisign signature")
-            }
-            BundleError::UnknownKey => {
-                f.write_str("bundle is signed by another key than the pinned controller key")
-            }
-            BundleError::BadSignature => f.write_str(
-                "bundle signature does not verify: the bundle was altered or signed by another key",
-            ),
-            BundleError::MalformedComment(why) => {
-                write!(f, "bundle signature's trusted comment is malformed: {why}")
-            }
-            BundleError::Malformed(why) => write!(f, "signed bundle is not a valid bundle: {why}"),
-            BundleError::CommentMismatch { field } => {
-                write!(f, "bundle {field} differs from the signed trusted comment")
-            }
-            BundleError::WrongHost { expected, found } => {
-                write!(
-                    f,
-                    "bundle is for host `{found}`, not for this host `{expected}`"
-                )
-            }
+            BundleError::Signed(err) => err.write_message("bundle", f),
             BundleError::OldGeneration {
                 generation,
                 last_applied,
@@ -327,47 +291,6 @@ impl fmt::Display for BundleError {
 
 impl std::error::Error for BundleError {}
 
-/// Parses a pinned public key: the base64 line agents pin, or the whole
-/// text of a minisign `.pub` file (untrusted comment, then the key).
-fn parse_public_key(text: &str) -> Option<minisign_verify::PublicKey> {
-    let text = text.trim();
-    let key = if text.contains('\n') {
-        minisign_verify::PublicKey::decode(text)
-    } else {
-        minisign_verify::PublicKey::from_base64(text)
-    };
-    key.ok()
-}
-
-/// Which of the signature checks shared by bundles and jobs failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SignatureFailure {
-    InvalidPublicKey,
-    MalformedSignature,
-    UnknownKey,
-    BadSignature,
-}
-
-/// Verifies a minisign signature over `bytes` with the pinned key, and
-/// returns the signature's trusted comment, which the global signature
-/// covers. Legacy (non-prehashed) signatures are refused: the controller
-/// never makes them, so one can only come from somewhere else.
-pub(crate) fn verify_signature(
-    public_key: &str,
-    bytes: &[u8],
-    signature: &str,
-) -> Result<String, SignatureFailure> {
-    let key = parse_public_key(public_key).ok_or(SignatureFailure::InvalidPublicKey)?;
-    let signature = minisign_verify::Signature::decode(signature)
-        .map_err(|_| SignatureFailure::MalformedSignature)?;
-    key.verify(bytes, &signature, false)
-        .map_err(|err| match err {
-            minisign_verify::Error::UnexpectedKeyId => SignatureFailure::UnknownKey,
-            _ => SignatureFailure::BadSignature,
-        })?;
-    Ok(signature.trusted_comment().to_string())
-}
-
 /// Checks a signed bundle the way an agent must before applying it, and
 /// returns the bundle when every check passes. In order: the signature over
 /// the bundle bytes (and the trusted comment) verifies with `public_key`;
@@ -381,16 +304,10 @@ pub fn verify(
     last_applied_generation: u64,
     now: i64,
 ) -> Result<Bundle, BundleError> {
-    let comment = verify_signature(public_key, signed.bundle.as_bytes(), &signed.signature)
-        .map_err(|failure| match failure {
-            SignatureFailure::InvalidPublicKey => BundleError::InvalidPublicKey,
-            SignatureFailure::MalformedSignature => BundleError::MalformedSignature,
-            SignatureFailure::UnknownKey => BundleError::UnknownKey,
-            SignatureFailure::BadSignature => BundleError::BadSignature,
-        })?;
+    let comment = verify_signature(public_key, signed.bundle.as_bytes(), &signed.signature)?;
     let comment: TrustedComment = comment.parse()?;
     let bundle: Bundle = serde_json::from_str(&signed.bundle)
-        .map_err(|err| BundleError::Malformed(err.to_string()))?;
+        .map_err(|err| SignedDocumentError::Malformed(err.to_string()))?;
     // The comment is signed too; a bundle whose header disagrees with it was
     // put together wrongly, and neither half can be trusted on its own.
     let header = bundle.trusted_comment();
@@ -406,14 +323,9 @@ pub fn verify(
         None
     };
     if let Some(field) = mismatch {
-        return Err(BundleError::CommentMismatch { field });
+        return Err(SignedDocumentError::CommentMismatch { field }.into());
     }
-    if bundle.host_id != expected_host {
-        return Err(BundleError::WrongHost {
-            expected: expected_host.to_string(),
-            found: bundle.host_id,
-        });
-    }
+    check_host(&bundle.host_id, expected_host)?;
     if bundle.generation <= last_applied_generation {
         return Err(BundleError::OldGeneration {
             generation: bundle.generation,
@@ -553,29 +465,32 @@ mod tests {
         };
         assert_eq!(
             verify("not a key", &signed, "h-1", 0, 0).unwrap_err(),
-            BundleError::InvalidPublicKey
+            BundleError::Signed(SignedDocumentError::InvalidPublicKey)
         );
         let key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
         assert_eq!(
             verify(key, &signed, "h-1", 0, 0).unwrap_err(),
-            BundleError::MalformedSignature
+            BundleError::Signed(SignedDocumentError::MalformedSignature)
         );
     }
 
     #[test]
     fn error_messages_are_lowercase_without_a_period() {
         let errors = [
-            BundleError::InvalidPublicKey,
-            BundleError::MalformedSignature,
-            BundleError::UnknownKey,
-            BundleError::BadSignature,
-            BundleError::MalformedComment("x".into()),
-            BundleError::Malformed("x".into()),
-            BundleError::CommentMismatch { field: "commit" },
-            BundleError::WrongHost {
+            SignedDocumentError::InvalidPublicKey,
+            SignedDocumentError::MalformedSignature,
+            SignedDocumentError::UnknownKey,
+            SignedDocumentError::BadSignature,
+            SignedDocumentError::MalformedComment("x".into()),
+            SignedDocumentError::Malformed("x".into()),
+            SignedDocumentError::CommentMismatch { field: "commit" },
+            SignedDocumentError::WrongHost {
                 expected: "a".into(),
                 found: "b".into(),
             },
+        ]
+        .map(BundleError::Signed);
+        let errors = errors.into_iter().chain([
             BundleError::OldGeneration {
                 generation: 1,
                 last_applied: 2,
@@ -584,7 +499,7 @@ mod tests {
                 expires_at: 1,
                 now: 2,
             },
-        ];
+        ]);
         for error in errors {
             let message = error.to_string();
             assert!(message.starts_with(|c: char| c.is_lowercase()), "{message}");

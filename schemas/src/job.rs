@@ -15,7 +15,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::{SignatureFailure, canonical_json, verify_signature};
+use crate::bundle::canonical_json;
+use crate::signed::{SignedDocumentError, check_host, verify_signature};
 
 /// One job for one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,11 +199,12 @@ impl fmt::Display for JobComment {
 }
 
 impl FromStr for JobComment {
-    type Err = JobError;
+    type Err = SignedDocumentError;
 
     /// Parses exactly the form [`Display`](fmt::Display) writes.
-    fn from_str(text: &str) -> Result<Self, JobError> {
-        let malformed = |why: &str| JobError::MalformedComment(format!("{why} in `{text}`"));
+    fn from_str(text: &str) -> Result<Self, SignedDocumentError> {
+        let malformed =
+            |why: &str| SignedDocumentError::MalformedComment(format!("{why} in `{text}`"));
         let mut words = text.split(' ');
         if words.next() != Some(JOB_COMMENT_TAG) {
             return Err(malformed("missing the `muster-job` tag"));
@@ -234,23 +236,10 @@ impl FromStr for JobComment {
 /// Why an agent refuses a job. Each variant names the check that failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobError {
-    /// The pinned public key is not a minisign public key.
-    InvalidPublicKey,
-    /// The signature text is not a minisign signature.
-    MalformedSignature,
-    /// The signature was made with another key than the pinned one.
-    UnknownKey,
-    /// The signature does not verify over the job bytes.
-    BadSignature,
-    /// The trusted comment is not in the `muster-job …` form (a bundle's
-    /// signature, for one).
-    MalformedComment(String),
-    /// The signed bytes are not a job.
-    Malformed(String),
-    /// A header field of the job differs from the signed trusted comment.
-    CommentMismatch { field: &'static str },
-    /// The job is for another host.
-    WrongHost { expected: String, found: String },
+    /// A check that bundles pass too failed: the key, the signature, the
+    /// trusted comment (a bundle's, for one), the job's bytes and header,
+    /// or its host.
+    Signed(SignedDocumentError),
     /// The job's validity has ended.
     Expired { expires_at: i64, now: i64 },
 }
@@ -259,47 +248,22 @@ impl JobError {
     /// A short, stable name of the failed check, for metrics and reports.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            JobError::InvalidPublicKey => "invalid_public_key",
-            JobError::MalformedSignature => "malformed_signature",
-            JobError::UnknownKey => "unknown_key",
-            JobError::BadSignature => "bad_signature",
-            JobError::MalformedComment(_) => "malformed_comment",
-            JobError::Malformed(_) => "malformed",
-            JobError::CommentMismatch { .. } => "comment_mismatch",
-            JobError::WrongHost { .. } => "wrong_host",
+            JobError::Signed(err) => err.metric_label(),
             JobError::Expired { .. } => "expired",
         }
+    }
+}
+
+impl From<SignedDocumentError> for JobError {
+    fn from(err: SignedDocumentError) -> Self {
+        JobError::Signed(err)
     }
 }
 
 impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JobError::InvalidPublicKey => f.write_str(
-                "the pinned controller key is not a minisign public key: enroll the host again",
-            ),
-            JobError::MalformedSignature => {
-                f.write_str("job signature is not a minisign signature")
-            }
-            JobError::UnknownKey => {
-                f.write_str("job is signed by another key than the pinned controller key")
-            }
-            JobError::BadSignature => f.write_str(
-                "job signature does not verify: the job was altered or signed by another key",
-            ),
-            JobError::MalformedComment(why) => {
-                write!(f, "job signature's trusted comment is malformed: {why}")
-            }
-            JobError::Malformed(why) => write!(f, "signed job is not a valid job: {why}"),
-            JobError::CommentMismatch { field } => {
-                write!(f, "job {field} differs from the signed trusted comment")
-            }
-            JobError::WrongHost { expected, found } => {
-                write!(
-                    f,
-                    "job is for host `{found}`, not for this host `{expected}`"
-                )
-            }
+            JobError::Signed(err) => err.write_message("job", f),
             JobError::Expired { expires_at, now } => write!(
                 f,
                 "job expired at {expires_at} (now {now}): it is not started after its expiry"
@@ -323,17 +287,10 @@ pub fn verify_job(
     expected_host: &str,
     now: i64,
 ) -> Result<Job, JobError> {
-    let comment = verify_signature(public_key, signed.job.as_bytes(), &signed.signature).map_err(
-        |failure| match failure {
-            SignatureFailure::InvalidPublicKey => JobError::InvalidPublicKey,
-            SignatureFailure::MalformedSignature => JobError::MalformedSignature,
-            SignatureFailure::UnknownKey => JobError::UnknownKey,
-            SignatureFailure::BadSignature => JobError::BadSignature,
-        },
-    )?;
+    let comment = verify_signature(public_key, signed.job.as_bytes(), &signed.signature)?;
     let comment: JobComment = comment.parse()?;
-    let job: Job =
-        serde_json::from_str(&signed.job).map_err(|err| JobError::Malformed(err.to_string()))?;
+    let job: Job = serde_json::from_str(&signed.job)
+        .map_err(|err| SignedDocumentError::Malformed(err.to_string()))?;
     // The comment is signed too; a job whose header disagrees with it was
     // put together wrongly, and neither half can be trusted on its own.
     let header = job.trusted_comment();
@@ -347,20 +304,16 @@ pub fn verify_job(
         None
     };
     if let Some(field) = mismatch {
-        return Err(JobError::CommentMismatch { field });
+        return Err(SignedDocumentError::CommentMismatch { field }.into());
     }
     if !is_valid_job_id(&job.job_id) || !is_valid_job_id(&job.action) {
-        return Err(JobError::Malformed(format!(
+        return Err(SignedDocumentError::Malformed(format!(
             "job id `{}` or action id `{}` is not an id (1 to 64 letters, digits, `-`, `_`)",
             job.job_id, job.action
-        )));
+        ))
+        .into());
     }
-    if job.host_id != expected_host {
-        return Err(JobError::WrongHost {
-            expected: expected_host.to_string(),
-            found: job.host_id,
-        });
-    }
+    check_host(&job.host_id, expected_host)?;
     if now >= job.expires_at {
         return Err(JobError::Expired {
             expires_at: job.expires_at,
@@ -524,7 +477,10 @@ mod tests {
             ..signed.clone()
         };
         assert_ne!(tampered.job, signed.job);
-        assert_eq!(refused(&tampered, "h-1", NOW), JobError::BadSignature);
+        assert_eq!(
+            refused(&tampered, "h-1", NOW),
+            JobError::Signed(SignedDocumentError::BadSignature)
+        );
 
         // The trusted comment edited to extend the expiry.
         let mut lines: Vec<String> = signed.signature.lines().map(String::from).collect();
@@ -533,19 +489,25 @@ mod tests {
             signature: lines.join("\n"),
             ..signed.clone()
         };
-        assert_eq!(refused(&forged, "h-1", NOW), JobError::BadSignature);
+        assert_eq!(
+            refused(&forged, "h-1", NOW),
+            JobError::Signed(SignedDocumentError::BadSignature)
+        );
 
         // Another key.
         let foreign = Key::new().sign(&script_job());
-        assert_eq!(refused(&foreign, "h-1", NOW), JobError::UnknownKey);
+        assert_eq!(
+            refused(&foreign, "h-1", NOW),
+            JobError::Signed(SignedDocumentError::UnknownKey)
+        );
 
         // Another host.
         assert_eq!(
             refused(&signed, "h-2", NOW),
-            JobError::WrongHost {
+            JobError::Signed(SignedDocumentError::WrongHost {
                 expected: "h-2".into(),
                 found: "h-1".into()
-            }
+            })
         );
 
         // Expired, at and after the expiry.
@@ -570,7 +532,7 @@ mod tests {
         };
         assert_eq!(
             refused(&mismatched, "h-1", NOW),
-            JobError::CommentMismatch { field: "job id" }
+            JobError::Signed(SignedDocumentError::CommentMismatch { field: "job id" })
         );
 
         // Ids that cannot be file names or URL path segments.
@@ -588,13 +550,16 @@ mod tests {
         // Garbage.
         assert_eq!(
             verify_job("not a key", &signed, "h-1", NOW).unwrap_err(),
-            JobError::InvalidPublicKey
+            JobError::Signed(SignedDocumentError::InvalidPublicKey)
         );
         let garbage = SignedJob {
             signature: "not a signature".into(),
             ..signed.clone()
         };
-        assert_eq!(refused(&garbage, "h-1", NOW), JobError::MalformedSignature);
+        assert_eq!(
+            refused(&garbage, "h-1", NOW),
+            JobError::Signed(SignedDocumentError::MalformedSignature)
+        );
     }
 
     #[test]
@@ -642,7 +607,7 @@ mod tests {
         };
         assert!(matches!(
             verify(&public, &job_as_bundle, "h-1", 0, NOW).unwrap_err(),
-            BundleError::MalformedComment(_)
+            BundleError::Signed(SignedDocumentError::MalformedComment(_))
         ));
 
         // Even a job-tagged comment over bundle bytes is no job.
@@ -673,27 +638,48 @@ mod tests {
     #[test]
     fn error_messages_are_lowercase_without_a_period() {
         let errors = [
-            JobError::InvalidPublicKey,
-            JobError::MalformedSignature,
-            JobError::UnknownKey,
-            JobError::BadSignature,
-            JobError::MalformedComment("x".into()),
-            JobError::Malformed("x".into()),
-            JobError::CommentMismatch { field: "job id" },
-            JobError::WrongHost {
+            SignedDocumentError::InvalidPublicKey,
+            SignedDocumentError::MalformedSignature,
+            SignedDocumentError::UnknownKey,
+            SignedDocumentError::BadSignature,
+            SignedDocumentError::MalformedComment("x".into()),
+            SignedDocumentError::Malformed("x".into()),
+            SignedDocumentError::CommentMismatch { field: "job id" },
+            SignedDocumentError::WrongHost {
                 expected: "a".into(),
                 found: "b".into(),
             },
-            JobError::Expired {
-                expires_at: 1,
-                now: 2,
-            },
-        ];
+        ]
+        .map(JobError::Signed);
+        let errors = errors.into_iter().chain([JobError::Expired {
+            expires_at: 1,
+            now: 2,
+        }]);
         for error in errors {
             let message = error.to_string();
             assert!(message.starts_with(|c: char| c.is_lowercase()), "{message}");
             assert!(!message.ends_with('.'), "{message}");
         }
+    }
+
+    #[test]
+    fn messages_name_the_document() {
+        assert_eq!(
+            JobError::Signed(SignedDocumentError::BadSignature).to_string(),
+            "job signature does not verify: the job was altered or signed by another key"
+        );
+        assert_eq!(
+            BundleError::Signed(SignedDocumentError::Malformed("eof".into())).to_string(),
+            "signed bundle is not a valid bundle: eof"
+        );
+        assert_eq!(
+            JobError::Signed(SignedDocumentError::WrongHost {
+                expected: "h-1".into(),
+                found: "h-2".into(),
+            })
+            .to_string(),
+            "job is for host `h-2`, not for this host `h-1`"
+        );
     }
 
     #[test]

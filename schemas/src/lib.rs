@@ -14,6 +14,7 @@ pub mod model;
 pub mod protocol;
 pub mod reference;
 pub mod schema;
+pub mod signed;
 pub mod suggest;
 pub mod types;
 pub mod validate;
