@@ -326,13 +326,16 @@ fn one_line(text: &str) -> String {
 const OUTCOME_LOOKBACK_SECS: i64 = 7 * 86_400;
 
 /// Records the outcome of every action that ended (completed, stopped or
-/// cancelled) in the last week and has an audit commit: the jobs' results
-/// in counts and per host. Idempotent: an outcome is written at a path
-/// fixed by the action (its request id and end day) and only when that
-/// path is free ([`AuditLog::record_outcome_once`]), so retries and
-/// several controllers never write one twice. `done` remembers the
-/// actions this process has seen recorded, so that a sweep reads only
-/// what is new. Returns how many outcomes were written.
+/// cancelled) in the last week and whose audit record this controller's
+/// repository holds: the jobs' results in counts and per host. Replicas
+/// share the database but each writes its own audit repository, so an
+/// action another replica recorded is left to that replica; its outcome
+/// here would be an outcome without an action. Idempotent: an outcome is
+/// written at a path fixed by the action (its request id and end day) and
+/// only when that path is free ([`AuditLog::record_outcome_once`]), so
+/// retries never write one twice. `done` remembers the actions this
+/// process has settled (recorded, or another replica's), so that a sweep
+/// reads only what is new. Returns how many outcomes were written.
 pub async fn record_outcomes(
     store: &Store,
     audit: &AuditLog,
@@ -340,7 +343,7 @@ pub async fn record_outcomes(
 ) -> Result<usize, String> {
     let since = crate::server::now() - OUTCOME_LOOKBACK_SECS;
     let rows = sqlx::query(
-        "SELECT id, request_id, finished_at FROM actions
+        "SELECT id, request_id, finished_at, audit_commit FROM actions
          WHERE state <> 'running' AND audit_commit IS NOT NULL AND request_id IS NOT NULL
            AND finished_at >= $1
          ORDER BY finished_at",
@@ -352,31 +355,43 @@ pub async fn record_outcomes(
     let mut written = 0;
     for row in &rows {
         use sqlx::Row;
-        let read = || -> Result<(String, String, i64), sqlx::Error> {
+        let read = || -> Result<(String, String, i64, String), sqlx::Error> {
             Ok((
                 row.try_get("id")?,
                 row.try_get("request_id")?,
                 row.try_get("finished_at")?,
+                row.try_get("audit_commit")?,
             ))
         };
-        let (action_id, request_id, finished_at) =
+        let (action_id, request_id, finished_at, audit_commit) =
             read().map_err(|err| StoreError::from(err).to_string())?;
         if done
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .contains(&action_id)
         {
             continue;
         }
-        let recorded = {
+        let (holds_action, has_outcome) = {
             let audit = audit.clone();
             let request_id = request_id.clone();
-            tokio::task::spawn_blocking(move || audit.has_outcome(&request_id, finished_at))
-                .await
-                .map_err(|err| err.to_string())?
-                .map_err(|err| err.to_string())?
+            tokio::task::spawn_blocking(move || -> Result<(bool, bool), audit::AuditError> {
+                if !audit.has_action(&request_id, &audit_commit)? {
+                    return Ok((false, false));
+                }
+                Ok((true, audit.has_outcome(&request_id, finished_at)?))
+            })
+            .await
+            .map_err(|err| err.to_string())?
+            .map_err(|err| err.to_string())?
         };
-        if !recorded {
+        if !holds_action {
+            tracing::debug!(
+                action = %action_id,
+                request = %request_id,
+                "action recorded by another replica; its outcome is left to it"
+            );
+        } else if !has_outcome {
             let Some(outcome) = outcome_of(store, &action_id)
                 .await
                 .map_err(|err| err.to_string())?
@@ -394,7 +409,7 @@ pub async fn record_outcomes(
             }
         }
         done.lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(action_id);
     }
     Ok(written)

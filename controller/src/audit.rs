@@ -494,6 +494,36 @@ impl AuditLog {
         Ok(tree.get_path(Path::new(&path)).is_ok())
     }
 
+    /// Whether this repository holds the record of the action that
+    /// `audit_commit` wrote for `request_id`. Every replica of a
+    /// controller keeps its own audit repository, and an outcome belongs
+    /// in the one that holds its action: `verify` refuses an outcome
+    /// without an earlier action. The record's path comes from the
+    /// commit's author time, which is the record's time; a commit this
+    /// repository does not have means another replica wrote it.
+    pub fn has_action(&self, request_id: &str, audit_commit: &str) -> Result<bool> {
+        let Some(repo) = self.open_existing()? else {
+            return Ok(false);
+        };
+        let Ok(commit_id) = Oid::from_str(audit_commit) else {
+            return Ok(false);
+        };
+        let commit = match repo.find_commit(commit_id) {
+            Ok(commit) => commit,
+            Err(err) if err.code() == ErrorCode::NotFound => return Ok(false),
+            Err(err) => return Err(AuditError::git("read a commit", &err)),
+        };
+        let Some(head) = head_commit(&repo)? else {
+            return Ok(false);
+        };
+        let tree = head
+            .tree()
+            .map_err(|err| AuditError::git("read the tree", &err))?;
+        let day = day_path(commit.author().when().seconds())?;
+        let path = format!("actions/{day}/{request_id}.yaml");
+        Ok(tree.get_path(Path::new(&path)).is_ok())
+    }
+
     /// [`AuditLog::record_outcome`] for callers without a runtime.
     pub fn record_outcome_blocking(&self, outcome: &Outcome) -> Result<Committed> {
         let record = outcome_record(outcome)?;

@@ -1,22 +1,26 @@
 //! The audit repository: commits authored by the acting user with their
 //! record, serial writers, failing closed, verification, pushing to a
-//! remote — and no secret anywhere, checked against a real controller's
-//! logs.
+//! remote, outcomes written only by the replica holding their action —
+//! and no secret anywhere, checked against a real controller's logs.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use muster_controller::actions::record_outcomes;
 use muster_controller::audit::{
     Action, AuditError, AuditLog, Filter, Outcome, Parameter, Record, RecordKind, Who,
     new_request_id,
 };
+use muster_controller::store::{JobSource, NewAction};
 use serde_json::json;
 
+use crate::backends;
+use crate::db::TestDb;
 use crate::harness::eventually;
 use crate::support::TempDir;
 use crate::support::git::TestRepo;
@@ -588,3 +592,70 @@ async fn no_secret_reaches_logs_errors_the_database_or_the_audit_repo() {
     assert_eq!(logins[0].record.who.user, "root");
     assert!(!repo_objects(&data.join("audit.git")).is_empty());
 }
+
+backends!(
+    outcomes_are_written_only_by_the_replica_holding_the_action,
+    |db: TestDb| {
+        async move {
+            // Two replicas share one database; each keeps its own audit
+            // repository, and replica A took the action.
+            let store = db.open().await;
+            let replica_a = TempDir::new("audit-replica-a");
+            let replica_b = TempDir::new("audit-replica-b");
+            let audit_a = AuditLog::in_data_dir(replica_a.path());
+            let audit_b = AuditLog::in_data_dir(replica_b.path());
+            // Replica B has a repository with a history of its own.
+            audit_b
+                .record(Action {
+                    time: muster_controller::server::now(),
+                    ..action("req-b-00000001", alice())
+                })
+                .await
+                .unwrap();
+
+            let now = muster_controller::server::now();
+            let request_id = new_request_id();
+            let committed = audit_a
+                .record(Action {
+                    time: now,
+                    ..action(&request_id, alice())
+                })
+                .await
+                .unwrap();
+            let new_action = NewAction {
+                id: "a-replica".into(),
+                kind: "script".into(),
+                requested_by: "alice".into(),
+                request_id: Some(request_id.clone()),
+                summary: "run cleanup on group web".into(),
+                targets: json!({"groups": ["web"]}),
+                parameters: json!({}),
+                source: JobSource::AdHoc,
+                max_parallel: None,
+                failure_threshold: None,
+                created_at: now,
+                audit_commit: Some(committed.commit_id.clone()),
+            };
+            store.create_action(&new_action, &[]).await.unwrap();
+            store.cancel_action("a-replica", now).await.unwrap();
+
+            // Replica B's sweep leaves the outcome to replica A.
+            let done_b = Mutex::new(BTreeSet::new());
+            assert_eq!(record_outcomes(&store, &audit_b, &done_b).await.unwrap(), 0);
+            assert!(!audit_b.has_outcome(&request_id, now).unwrap());
+            let verified_b = audit_b.verify(&[]).unwrap();
+            assert!(verified_b.problems.is_empty(), "{:?}", verified_b.problems);
+            assert_eq!((verified_b.n_actions, verified_b.n_outcomes), (1, 0));
+
+            // Replica A's sweep writes it, once.
+            let done_a = Mutex::new(BTreeSet::new());
+            assert_eq!(record_outcomes(&store, &audit_a, &done_a).await.unwrap(), 1);
+            assert!(audit_a.has_outcome(&request_id, now).unwrap());
+            let fresh = Mutex::new(BTreeSet::new());
+            assert_eq!(record_outcomes(&store, &audit_a, &fresh).await.unwrap(), 0);
+            let verified_a = audit_a.verify(&[request_id.clone()]).unwrap();
+            assert!(verified_a.problems.is_empty(), "{:?}", verified_a.problems);
+            assert_eq!((verified_a.n_actions, verified_a.n_outcomes), (1, 1));
+        }
+    }
+);
