@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use muster_controller::cli::DataArgs;
 use muster_controller::commands::serve::{self, Config, Running};
-use muster_controller::scheduler::{Clock, SystemClock};
+use muster_controller::scheduler::{Clock, ManualClock};
 use muster_controller::server::agent_api::token_hash;
 use muster_controller::signing::SigningKey;
 use muster_controller::store::{Store, TokenRecord};
@@ -144,8 +144,16 @@ impl Harness {
     }
 
     /// Starts a controller after `adjust` changed its configuration.
+    ///
+    /// Its scheduler's clock stands still at the time of the start, so no
+    /// scheduled script ever comes due: the example fleet runs
+    /// `log-cleanup` daily at 03:30 Europe/Berlin, and a test running
+    /// across that minute would otherwise find an action it did not ask
+    /// for. Tests of the scheduler move a clock of their own
+    /// ([`Harness::start_with_clock`]).
     pub(crate) async fn start_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Harness {
-        Self::start_with_clock(db, Arc::new(SystemClock), adjust).await
+        let stopped_clock = ManualClock::new(muster_controller::server::now());
+        Self::start_with_clock(db, Arc::new(stopped_clock), adjust).await
     }
 
     /// [`Harness::start_with`], the scheduler reading `clock`.
