@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::model::{CheckSpec, PolicyMode, Resource};
-use crate::signed::{SignedDocumentError, check_host, verify_signature};
+use crate::signed::{CommentReader, SignedDocumentError, check_host, verify_signature};
 
 /// One host's bundle: who it is for, which generation it is, the commit it
 /// was compiled from, how long it may be applied, and the desired state.
@@ -206,31 +206,12 @@ impl FromStr for TrustedComment {
     /// Parses exactly the form [`Display`](fmt::Display) writes: the tag,
     /// then the four fields in order, separated by single spaces.
     fn from_str(text: &str) -> Result<Self, SignedDocumentError> {
-        let malformed =
-            |why: &str| SignedDocumentError::MalformedComment(format!("{why} in `{text}`"));
-        let mut words = text.split(' ');
-        if words.next() != Some(TRUSTED_COMMENT_TAG) {
-            return Err(malformed("missing the `muster-bundle` tag"));
-        }
-        let mut field = |key: &str| {
-            words
-                .next()
-                .and_then(|word| word.strip_prefix(key))
-                .and_then(|rest| rest.strip_prefix('='))
-                .filter(|value| !value.is_empty())
-                .ok_or_else(|| malformed(&format!("missing `{key}=`")))
-        };
-        let host_id = field("host")?.to_string();
-        let generation = field("generation")?
-            .parse()
-            .map_err(|_| malformed("invalid generation"))?;
-        let commit = field("commit")?.to_string();
-        let expires_at = field("expires")?
-            .parse()
-            .map_err(|_| malformed("invalid expiry"))?;
-        if words.next().is_some() {
-            return Err(malformed("unexpected text after `expires=`"));
-        }
+        let mut reader = CommentReader::new(text, TRUSTED_COMMENT_TAG)?;
+        let host_id = reader.field("host")?.to_string();
+        let generation = reader.number("generation", "generation")?;
+        let commit = reader.field("commit")?.to_string();
+        let expires_at = reader.number("expires", "expiry")?;
+        reader.finish()?;
         Ok(TrustedComment {
             host_id,
             generation,
@@ -477,20 +458,7 @@ mod tests {
     #[test]
     fn error_messages_are_lowercase_without_a_period() {
         let errors = [
-            SignedDocumentError::InvalidPublicKey,
-            SignedDocumentError::MalformedSignature,
-            SignedDocumentError::UnknownKey,
-            SignedDocumentError::BadSignature,
-            SignedDocumentError::MalformedComment("x".into()),
-            SignedDocumentError::Malformed("x".into()),
-            SignedDocumentError::CommentMismatch { field: "commit" },
-            SignedDocumentError::WrongHost {
-                expected: "a".into(),
-                found: "b".into(),
-            },
-        ]
-        .map(BundleError::Signed);
-        let errors = errors.into_iter().chain([
+            BundleError::Signed(SignedDocumentError::BadSignature),
             BundleError::OldGeneration {
                 generation: 1,
                 last_applied: 2,
@@ -499,7 +467,7 @@ mod tests {
                 expires_at: 1,
                 now: 2,
             },
-        ]);
+        ];
         for error in errors {
             let message = error.to_string();
             assert!(message.starts_with(|c: char| c.is_lowercase()), "{message}");

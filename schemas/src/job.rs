@@ -16,7 +16,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::canonical_json;
-use crate::signed::{SignedDocumentError, check_host, verify_signature};
+use crate::signed::{CommentReader, SignedDocumentError, check_host, verify_signature};
 
 /// One job for one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,28 +203,11 @@ impl FromStr for JobComment {
 
     /// Parses exactly the form [`Display`](fmt::Display) writes.
     fn from_str(text: &str) -> Result<Self, SignedDocumentError> {
-        let malformed =
-            |why: &str| SignedDocumentError::MalformedComment(format!("{why} in `{text}`"));
-        let mut words = text.split(' ');
-        if words.next() != Some(JOB_COMMENT_TAG) {
-            return Err(malformed("missing the `muster-job` tag"));
-        }
-        let mut field = |key: &str| {
-            words
-                .next()
-                .and_then(|word| word.strip_prefix(key))
-                .and_then(|rest| rest.strip_prefix('='))
-                .filter(|value| !value.is_empty())
-                .ok_or_else(|| malformed(&format!("missing `{key}=`")))
-        };
-        let host_id = field("host")?.to_string();
-        let job_id = field("job")?.to_string();
-        let expires_at = field("expires")?
-            .parse()
-            .map_err(|_| malformed("invalid expiry"))?;
-        if words.next().is_some() {
-            return Err(malformed("unexpected text after `expires=`"));
-        }
+        let mut reader = CommentReader::new(text, JOB_COMMENT_TAG)?;
+        let host_id = reader.field("host")?.to_string();
+        let job_id = reader.field("job")?.to_string();
+        let expires_at = reader.number("expires", "expiry")?;
+        reader.finish()?;
         Ok(JobComment {
             host_id,
             job_id,
@@ -638,23 +621,12 @@ mod tests {
     #[test]
     fn error_messages_are_lowercase_without_a_period() {
         let errors = [
-            SignedDocumentError::InvalidPublicKey,
-            SignedDocumentError::MalformedSignature,
-            SignedDocumentError::UnknownKey,
-            SignedDocumentError::BadSignature,
-            SignedDocumentError::MalformedComment("x".into()),
-            SignedDocumentError::Malformed("x".into()),
-            SignedDocumentError::CommentMismatch { field: "job id" },
-            SignedDocumentError::WrongHost {
-                expected: "a".into(),
-                found: "b".into(),
+            JobError::Signed(SignedDocumentError::BadSignature),
+            JobError::Expired {
+                expires_at: 1,
+                now: 2,
             },
-        ]
-        .map(JobError::Signed);
-        let errors = errors.into_iter().chain([JobError::Expired {
-            expires_at: 1,
-            now: 2,
-        }]);
+        ];
         for error in errors {
             let message = error.to_string();
             assert!(message.starts_with(|c: char| c.is_lowercase()), "{message}");

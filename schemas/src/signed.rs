@@ -88,6 +88,67 @@ impl SignedDocumentError {
     }
 }
 
+/// Reads a trusted comment of the form `<tag> key=value …`: exactly the
+/// tag, then the expected keys in order, separated by single spaces, and
+/// nothing after the last. Every problem is a
+/// [`SignedDocumentError::MalformedComment`] quoting the comment.
+pub(crate) struct CommentReader<'a> {
+    text: &'a str,
+    words: std::str::Split<'a, char>,
+    /// The key read last, for the error about text after it.
+    last_key: &'static str,
+}
+
+impl<'a> CommentReader<'a> {
+    /// Starts reading `text`, which must begin with `tag`.
+    pub(crate) fn new(text: &'a str, tag: &str) -> Result<Self, SignedDocumentError> {
+        let mut reader = CommentReader {
+            text,
+            words: text.split(' '),
+            last_key: "",
+        };
+        if reader.words.next() != Some(tag) {
+            return Err(reader.malformed(&format!("missing the `{tag}` tag")));
+        }
+        Ok(reader)
+    }
+
+    /// The value of the next word, which must be `key=<value>` with a value.
+    pub(crate) fn field(&mut self, key: &'static str) -> Result<&'a str, SignedDocumentError> {
+        self.last_key = key;
+        self.words
+            .next()
+            .and_then(|word| word.strip_prefix(key))
+            .and_then(|rest| rest.strip_prefix('='))
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| self.malformed(&format!("missing `{key}=`")))
+    }
+
+    /// The next field parsed as a number; `what` names it in the error.
+    pub(crate) fn number<T: std::str::FromStr>(
+        &mut self,
+        key: &'static str,
+        what: &str,
+    ) -> Result<T, SignedDocumentError> {
+        self.field(key)?
+            .parse()
+            .map_err(|_| self.malformed(&format!("invalid {what}")))
+    }
+
+    /// Ends reading: nothing may follow the last field.
+    pub(crate) fn finish(mut self) -> Result<(), SignedDocumentError> {
+        if self.words.next().is_some() {
+            let last_key = self.last_key;
+            return Err(self.malformed(&format!("unexpected text after `{last_key}=`")));
+        }
+        Ok(())
+    }
+
+    fn malformed(&self, why: &str) -> SignedDocumentError {
+        SignedDocumentError::MalformedComment(format!("{why} in `{}`", self.text))
+    }
+}
+
 /// Parses a pinned public key: the base64 line agents pin, or the whole
 /// text of a minisign `.pub` file (untrusted comment, then the key).
 fn parse_public_key(text: &str) -> Option<minisign_verify::PublicKey> {
@@ -129,4 +190,73 @@ pub(crate) fn check_host(found: &str, expected_host: &str) -> Result<(), SignedD
         expected: expected_host.to_string(),
         found: found.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use super::*;
+
+    /// The message of `error` about a `noun`.
+    struct Message<'a>(&'a SignedDocumentError, &'a str);
+
+    impl fmt::Display for Message<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.0.write_message(self.1, f)
+        }
+    }
+
+    #[test]
+    fn messages_are_lowercase_without_a_period_for_every_document() {
+        let errors = [
+            SignedDocumentError::InvalidPublicKey,
+            SignedDocumentError::MalformedSignature,
+            SignedDocumentError::UnknownKey,
+            SignedDocumentError::BadSignature,
+            SignedDocumentError::MalformedComment("x".into()),
+            SignedDocumentError::Malformed("x".into()),
+            SignedDocumentError::CommentMismatch { field: "host id" },
+            SignedDocumentError::WrongHost {
+                expected: "a".into(),
+                found: "b".into(),
+            },
+        ];
+        for noun in ["bundle", "job"] {
+            for error in &errors {
+                let message = Message(error, noun).to_string();
+                assert!(message.starts_with(|c: char| c.is_lowercase()), "{message}");
+                assert!(!message.ends_with('.'), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn comments_are_read_exactly() {
+        let mut reader = CommentReader::new("tag a=1 b=x", "tag").unwrap();
+        assert_eq!(reader.number::<u64>("a", "a number").unwrap(), 1);
+        assert_eq!(reader.field("b").unwrap(), "x");
+        reader.finish().unwrap();
+
+        let malformed = |result: Result<(), SignedDocumentError>| match result {
+            Err(SignedDocumentError::MalformedComment(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            malformed(CommentReader::new("other a=1", "tag").map(drop)),
+            "missing the `tag` tag in `other a=1`"
+        );
+        let mut reader = CommentReader::new("tag a=1 b=2 c=3", "tag").unwrap();
+        reader.field("a").unwrap();
+        reader.field("b").unwrap();
+        assert_eq!(
+            malformed(reader.finish()),
+            "unexpected text after `b=` in `tag a=1 b=2 c=3`"
+        );
+        let mut reader = CommentReader::new("tag a=x", "tag").unwrap();
+        assert_eq!(
+            malformed(reader.number::<i64>("a", "expiry").map(drop)),
+            "invalid expiry in `tag a=x`"
+        );
+    }
 }
