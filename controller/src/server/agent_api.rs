@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -316,8 +316,74 @@ fn ensure_job_sweep(state: &AppState) {
     }
 }
 
-/// Refuses job notices about another host, and job ids that are not ids.
-fn own_job(host: &CachedHost, id: &str, job_id: &str) -> Result<(), ApiError> {
+/// The body of a host's notice about one of its jobs: `started` or
+/// `result`.
+trait JobNotice: serde::de::DeserializeOwned {
+    /// What the body is, for the error when it does not parse.
+    const WHAT: &'static str;
+    /// The job it is about, which must be the one in the path.
+    fn job_id(&self) -> &str;
+}
+
+impl JobNotice for JobStarted {
+    const WHAT: &'static str = "started notice";
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+}
+
+impl JobNotice for JobResult {
+    const WHAT: &'static str = "job result";
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+}
+
+/// What a job notice's HMAC signature covers: the method, the path and
+/// query, the headers and the body, kept together until the host is
+/// authenticated.
+struct SignedRequest {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for SignedRequest {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let headers = request.headers().clone();
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(SignedRequest {
+            method,
+            uri,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Authenticates a notice from host `id` about job `job_id` and parses it.
+/// Refused: a notice about another host's path, a job id that is not an
+/// id, a body that does not parse or is about another job than the path's.
+async fn job_notice<T: JobNotice>(
+    state: &AppState,
+    (id, job_id): (&str, &str),
+    request: &SignedRequest,
+    now: i64,
+) -> Result<(Arc<CachedHost>, T), ApiError> {
+    let SignedRequest {
+        method,
+        uri,
+        headers,
+        body,
+    } = request;
+    let host = authenticate(state, method, uri, headers, body, now).await?;
     if host.id != id {
         return Err(ApiError::forbidden(
             "a host can only report on its own jobs",
@@ -326,13 +392,14 @@ fn own_job(host: &CachedHost, id: &str, job_id: &str) -> Result<(), ApiError> {
     if !is_valid_job_id(job_id) {
         return Err(ApiError::bad_request("invalid job id"));
     }
-    Ok(())
-}
-
-fn job_mismatch(job_id: &str) -> ApiError {
-    ApiError::bad_request(format!(
-        "the body is about another job than `{job_id}` in the path"
-    ))
+    let notice: T = serde_json::from_slice(body)
+        .map_err(|err| ApiError::bad_request(format!("invalid {}: {err}", T::WHAT)))?;
+    if notice.job_id() != job_id {
+        return Err(ApiError::bad_request(format!(
+            "the body is about another job than `{job_id}` in the path"
+        )));
+    }
+    Ok((host, notice))
 }
 
 fn unknown_job(job_id: &str) -> ApiError {
@@ -347,19 +414,10 @@ fn other_hosts_job(job_id: &str) -> ApiError {
 async fn job_started(
     State(state): State<AppState>,
     Path((id, job_id)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: SignedRequest,
 ) -> Result<StatusCode, ApiError> {
     let now = now();
-    let host = authenticate(&state, &method, &uri, &headers, &body, now).await?;
-    own_job(&host, &id, &job_id)?;
-    let notice: JobStarted = serde_json::from_slice(&body)
-        .map_err(|err| ApiError::bad_request(format!("invalid started notice: {err}")))?;
-    if notice.job_id != job_id {
-        return Err(job_mismatch(&job_id));
-    }
+    let (host, notice): (_, JobStarted) = job_notice(&state, (&id, &job_id), &request, now).await?;
     match state
         .store
         .record_started(&host.id, &job_id, notice.started_at, now)
@@ -376,19 +434,10 @@ async fn job_started(
 async fn job_result(
     State(state): State<AppState>,
     Path((id, job_id)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: SignedRequest,
 ) -> Result<StatusCode, ApiError> {
     let now = now();
-    let host = authenticate(&state, &method, &uri, &headers, &body, now).await?;
-    own_job(&host, &id, &job_id)?;
-    let result: JobResult = serde_json::from_slice(&body)
-        .map_err(|err| ApiError::bad_request(format!("invalid job result: {err}")))?;
-    if result.job_id != job_id {
-        return Err(job_mismatch(&job_id));
-    }
+    let (host, result): (_, JobResult) = job_notice(&state, (&id, &job_id), &request, now).await?;
     match state.store.record_result(&host.id, &result).await? {
         ResultOutcome::Recorded { action_id } => {
             tracing::info!(

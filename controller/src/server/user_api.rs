@@ -590,37 +590,34 @@ fn valid_unit(name: &str) -> bool {
         })
 }
 
-/// `GET /v1/actions/{id}`: needs `jobs:read` on every host of the action.
-async fn show_action(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<Json<ActionDetail>, ApiError> {
-    check_id(&id, "action")?;
-    let caller = Caller::from(&principal);
-    let rules = state.access.current();
-    rules
-        .authorize(&caller, Permission::JobsRead, &[])
-        .map_err(denied)?;
-    let (action, jobs, hosts) = action_with_jobs(&state, &id).await?;
-    let inputs = inputs_of(&hosts, jobs.iter().map(|job| job.host_id.as_str()));
-    rules
-        .authorize(&caller, Permission::JobsRead, &inputs)
-        .map_err(denied)?;
-    let progress = state
-        .store
-        .action_progress(&id)
-        .await?
-        .into_iter()
-        .map(|(job_state, n)| (job_state.as_str().to_string(), n))
-        .collect();
-    Ok(Json(action_detail(&action, progress, &jobs, &hosts)))
+/// An action with its jobs, in release order, and the hosts they run on.
+struct ActionWithJobs {
+    action: ActionRecord,
+    jobs: Vec<JobRecord>,
+    hosts: HashMap<String, HostRecord>,
+    /// The inputs of the action's hosts that are still enrolled.
+    inputs: Vec<HostInput>,
 }
 
-async fn action_with_jobs(
+/// The action `id`, once the caller may `need` on every host of it.
+async fn scoped_action(
     state: &AppState,
+    caller: &Caller,
     id: &str,
-) -> Result<(ActionRecord, Vec<JobRecord>, HashMap<String, HostRecord>), ApiError> {
+    need: Permission,
+) -> Result<ActionWithJobs, ApiError> {
+    check_id(id, "action")?;
+    let rules = state.access.current();
+    rules.authorize(caller, need, &[]).map_err(denied)?;
+    let scoped = action_with_jobs(state, id).await?;
+    rules
+        .authorize(caller, need, &scoped.inputs)
+        .map_err(denied)?;
+    Ok(scoped)
+}
+
+/// The action `id` as stored, without asking the RBAC.
+async fn action_with_jobs(state: &AppState, id: &str) -> Result<ActionWithJobs, ApiError> {
     let action = state
         .store
         .action(id)
@@ -635,16 +632,44 @@ async fn action_with_jobs(
         })
         .await?;
     jobs.sort_by_key(|job| job.position);
-    Ok((action, jobs, hosts_by_id(state).await?))
+    let hosts = hosts_by_id(state).await?;
+    let inputs = inputs_of(&hosts, jobs.iter().map(|job| job.host_id.as_str()));
+    Ok(ActionWithJobs {
+        action,
+        jobs,
+        hosts,
+        inputs,
+    })
 }
 
-fn action_detail(
-    action: &ActionRecord,
-    progress: BTreeMap<String, i64>,
-    jobs: &[JobRecord],
-    hosts: &HashMap<String, HostRecord>,
-) -> ActionDetail {
-    ActionDetail {
+/// `GET /v1/actions/{id}`: needs `jobs:read` on every host of the action.
+async fn show_action(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<ActionDetail>, ApiError> {
+    let caller = Caller::from(&principal);
+    let scoped = scoped_action(&state, &caller, &id, Permission::JobsRead).await?;
+    Ok(Json(action_detail(&state, scoped).await?))
+}
+
+/// What `GET /v1/actions/{id}` answers: the action, its jobs and how many
+/// are in each state.
+async fn action_detail(state: &AppState, scoped: ActionWithJobs) -> Result<ActionDetail, ApiError> {
+    let ActionWithJobs {
+        action,
+        jobs,
+        hosts,
+        inputs: _,
+    } = scoped;
+    let progress = state
+        .store
+        .action_progress(&action.id)
+        .await?
+        .into_iter()
+        .map(|(job_state, n)| (job_state.as_str().to_string(), n))
+        .collect();
+    Ok(ActionDetail {
         id: action.id.clone(),
         kind: action.kind.clone(),
         state: action.state.as_str().into(),
@@ -660,8 +685,8 @@ fn action_detail(
         finished_at: action.finished_at,
         audit_commit: action.audit_commit.clone(),
         progress,
-        jobs: jobs.iter().map(|job| job_summary(job, hosts)).collect(),
-    }
+        jobs: jobs.iter().map(|job| job_summary(job, &hosts)).collect(),
+    })
 }
 
 /// `POST /v1/actions/{id}/cancel`: needs `jobs:cancel` on every host of
@@ -672,17 +697,9 @@ async fn cancel_action(
     address: ClientAddress,
     Path(id): Path<String>,
 ) -> Result<Json<ActionDetail>, ApiError> {
-    check_id(&id, "action")?;
     let caller = Caller::from(&principal);
-    let rules = state.access.current();
-    rules
-        .authorize(&caller, Permission::JobsCancel, &[])
-        .map_err(denied)?;
-    let (action, jobs, hosts) = action_with_jobs(&state, &id).await?;
-    let inputs = inputs_of(&hosts, jobs.iter().map(|job| job.host_id.as_str()));
-    rules
-        .authorize(&caller, Permission::JobsCancel, &inputs)
-        .map_err(denied)?;
+    let ActionWithJobs { action, inputs, .. } =
+        scoped_action(&state, &caller, &id, Permission::JobsCancel).await?;
     if action.state != ActionState::Running {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -715,15 +732,8 @@ async fn cancel_action(
     crate::jobs::release_and_notify(&state.store, &state.hub, &id, now).await?;
     state.outcomes.poke();
     tracing::info!(user = %principal.user, action = %id, "action cancelled");
-    let (action, jobs, hosts) = action_with_jobs(&state, &id).await?;
-    let progress = state
-        .store
-        .action_progress(&id)
-        .await?
-        .into_iter()
-        .map(|(job_state, n)| (job_state.as_str().to_string(), n))
-        .collect();
-    Ok(Json(action_detail(&action, progress, &jobs, &hosts)))
+    let cancelled = action_with_jobs(&state, &id).await?;
+    Ok(Json(action_detail(&state, cancelled).await?))
 }
 
 /// `GET /v1/jobs?action=&host=&state=&limit=`.

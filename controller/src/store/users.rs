@@ -287,32 +287,18 @@ impl Store {
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(BearerRecord {
-                user: row.try_get("user_name")?,
-                break_glass: row.try_get::<i64, _>("break_glass")? != 0,
-                user_disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
-                api_token: None,
-                expires_at: Some(row.try_get("expires_at")?),
-                revoked_at: row.try_get("revoked_at")?,
-                last_used_at: row.try_get("last_used_at")?,
-            })
-        })
-        .transpose()
+        row.map(|row| bearer_from_row(&row, None)).transpose()
     }
 
     /// Notes that a session was used (at most once a minute).
     pub async fn touch_session(&self, token_hash: &str, now: i64) -> Result<()> {
-        sqlx::query(
+        self.touch(
             "UPDATE sessions SET last_used_at = $1
              WHERE token_hash = $2 AND (last_used_at IS NULL OR last_used_at < $3)",
+            token_hash,
+            now,
         )
-        .bind(now)
-        .bind(token_hash)
-        .bind(now - TOUCH_INTERVAL)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
     }
 
     // API tokens
@@ -417,30 +403,32 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| {
-            Ok(BearerRecord {
-                user: row.try_get("user_name")?,
-                break_glass: row.try_get::<i64, _>("break_glass")? != 0,
-                user_disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
-                api_token: Some((row.try_get("id")?, row.try_get("name")?)),
-                expires_at: row.try_get("expires_at")?,
-                revoked_at: row.try_get("revoked_at")?,
-                last_used_at: row.try_get("last_used_at")?,
-            })
+            let api_token = (row.try_get("id")?, row.try_get("name")?);
+            bearer_from_row(&row, Some(api_token))
         })
         .transpose()
     }
 
     /// Notes that an API token was used (at most once a minute).
     pub async fn touch_api_token(&self, id: &str, now: i64) -> Result<()> {
-        sqlx::query(
+        self.touch(
             "UPDATE api_tokens SET last_used_at = $1
              WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)",
+            id,
+            now,
         )
-        .bind(now)
-        .bind(id)
-        .bind(now - TOUCH_INTERVAL)
-        .execute(&self.pool)
-        .await?;
+        .await
+    }
+
+    /// Runs a `touch_*` update: `$1` is now, `$2` the session or token,
+    /// `$3` the time before which `last_used_at` is stale enough to move.
+    async fn touch(&self, update: &'static str, key: &str, now: i64) -> Result<()> {
+        sqlx::query(update)
+            .bind(now)
+            .bind(key)
+            .bind(now - TOUCH_INTERVAL)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -582,6 +570,21 @@ async fn revoke_sessions_of(
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .is_some_and(|err| err.is_unique_violation())
+}
+
+/// A bearer from a session or API token row joined with its user's
+/// `break_glass` and `disabled_at`; sessions always expire, so their
+/// `expires_at` is read the same way as a token's.
+fn bearer_from_row(row: &AnyRow, api_token: Option<(String, String)>) -> Result<BearerRecord> {
+    Ok(BearerRecord {
+        user: row.try_get("user_name")?,
+        break_glass: row.try_get::<i64, _>("break_glass")? != 0,
+        user_disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
+        api_token,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
 }
 
 fn user_from_row(row: &AnyRow) -> Result<UserRecord> {
