@@ -17,7 +17,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Mutex;
 
 use muster_controller::server::user_api::{ActionCreated, JobDetail};
@@ -30,6 +30,7 @@ use crate::db::TestDb;
 use crate::harness::{Harness, eventually};
 use crate::support::TempDir;
 use crate::support::agent::TestAgent;
+use crate::support::cli::{muster_command, output_text, run_with_stdin, succeeded};
 use crate::users::assert_no_secret_in_repo;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -100,43 +101,18 @@ parameters:
 
 /// Runs the `muster` binary with its own config dir (for the session).
 async fn muster(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_muster"));
+    let mut command = muster_command();
     command
         .args(args)
         .env("XDG_CONFIG_HOME", config)
         .env("USER", "operator")
         .env_remove("MUSTER_TOKEN")
         .env_remove("MUSTER_SERVER")
-        .env_remove("SUDO_USER")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("SUDO_USER");
     let stdin = stdin.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut child = command.spawn().expect("muster runs");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn succeeded(output: &Output) -> String {
-    assert!(output.status.success(), "{}", text(output));
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    tokio::task::spawn_blocking(move || run_with_stdin(&mut command, &stdin))
+        .await
+        .unwrap()
 }
 
 async fn login(h: &Harness, user: &str) -> String {
@@ -432,9 +408,9 @@ backends!(
             .await;
             assert_eq!(refused.status.code(), Some(2));
             assert!(
-                text(&refused).contains("403") && text(&refused).contains("db-01"),
+                output_text(&refused).contains("403") && output_text(&refused).contains("db-01"),
                 "{}",
-                text(&refused)
+                output_text(&refused)
             );
             assert_eq!(n_actions(&h).await, 1);
             assert_eq!(audit_commits(h.data_dir()).len(), commits_before);
@@ -545,7 +521,7 @@ backends!(
                     .1,
                 get(&h, &alice, "/v1/jobs?limit=1000").await.1,
             ];
-            answers.push(text(
+            answers.push(output_text(
                 &muster(
                     config.path(),
                     &["jobs", "show", &created.jobs[0].job_id],
@@ -638,7 +614,7 @@ backends!(
             assert!(
                 succeeded(&verified).starts_with("ok:"),
                 "{}",
-                text(&verified)
+                output_text(&verified)
             );
             assert_no_secret_in_repo(&h.data_dir().join("audit.git"), &[SECRET]);
             let logs = captured_logs();

@@ -1,15 +1,17 @@
 //! `muster init`, `token`, `hosts` and `commits` as an operator runs them.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use muster_controller::store::{HostRecord, Store, TokenRecord};
+use muster_controller::store::{Store, TokenRecord};
 use muster_schemas::protocol::HostState;
 
 use crate::db::TestDb;
+use crate::support::cli::{muster_command, succeeded};
+use crate::support::pending_host;
 
 fn muster(data_dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_muster"))
+    muster_command()
         .args(args)
         .env("MUSTER_DATA_DIR", data_dir)
         .env_remove("MUSTER_DATABASE_URL")
@@ -17,20 +19,10 @@ fn muster(data_dir: &std::path::Path, args: &[&str]) -> Output {
         .expect("muster runs")
 }
 
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn tokens_are_created_listed_and_revoked() {
     let dir = TestDb::temp_dir("admin-tokens");
-    let init = stdout(&muster(&dir, &["init"]));
+    let init = succeeded(&muster(&dir, &["init"]));
     assert!(init.contains("public key (agents pin it): RW"), "{init}");
     let public_key = init.trim().rsplit(' ').next().unwrap().to_string();
     #[cfg(unix)]
@@ -47,7 +39,7 @@ async fn tokens_are_created_listed_and_revoked() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("pass --server URL"));
 
-    let created = stdout(&muster(
+    let created = succeeded(&muster(
         &dir,
         &[
             "token",
@@ -86,7 +78,7 @@ async fn tokens_are_created_listed_and_revoked() {
     assert!(!raw.contains(words[5]));
     store.close().await;
 
-    let listed = stdout(&muster(&dir, &["token", "list"]));
+    let listed = succeeded(&muster(&dir, &["token", "list"]));
     let id = created
         .split_whitespace()
         .nth(1)
@@ -100,8 +92,8 @@ async fn tokens_are_created_listed_and_revoked() {
         "{listed}"
     );
     assert!(!listed.contains(words[5]), "lists never show tokens");
-    stdout(&muster(&dir, &["token", "revoke", id]));
-    assert!(stdout(&muster(&dir, &["token", "list"])).contains("revoked"));
+    succeeded(&muster(&dir, &["token", "revoke", id]));
+    assert!(succeeded(&muster(&dir, &["token", "list"])).contains("revoked"));
     assert_eq!(
         muster(&dir, &["token", "revoke", "nope"]).status.code(),
         Some(2)
@@ -112,8 +104,8 @@ async fn tokens_are_created_listed_and_revoked() {
 #[tokio::test]
 async fn hosts_are_approved_rejected_and_removed() {
     let dir = TestDb::temp_dir("admin-hosts");
-    stdout(&muster(&dir, &["init"]));
-    assert!(stdout(&muster(&dir, &["hosts", "list"])).contains("no hosts yet"));
+    succeeded(&muster(&dir, &["init"]));
+    assert!(succeeded(&muster(&dir, &["hosts", "list"])).contains("no hosts yet"));
     let store = Store::open(&muster_controller::store::sqlite_url(&dir))
         .await
         .unwrap();
@@ -129,28 +121,16 @@ async fn hosts_are_approved_rejected_and_removed() {
     };
     store.create_token(&token, "hash").await.unwrap();
     for (id, name) in [("id-1", "db-01"), ("id-2", "db-02")] {
-        let host = HostRecord {
-            id: id.into(),
-            name: name.into(),
-            state: HostState::Pending,
-            key: "00".into(),
-            labels: BTreeMap::new(),
-            facts: serde_json::Map::new(),
-            token_id: None,
-            enrolled_at: 0,
-            last_seen_at: None,
-            applied_generation: 0,
-            run_status: None,
-        };
+        let host = pending_host(id, name);
         store.enroll("hash", &host, 1).await.unwrap().unwrap();
     }
-    let listed = stdout(&muster(&dir, &["hosts", "list"]));
+    let listed = succeeded(&muster(&dir, &["hosts", "list"]));
     assert!(
         listed.contains("db-01") && listed.contains("pending") && listed.contains("role=db"),
         "{listed}"
     );
-    assert!(stdout(&muster(&dir, &["hosts", "approve", "db-01"])).contains("db-01 is approved"));
-    assert!(stdout(&muster(&dir, &["hosts", "reject", "db-02"])).contains("db-02 is rejected"));
+    assert!(succeeded(&muster(&dir, &["hosts", "approve", "db-01"])).contains("db-01 is approved"));
+    assert!(succeeded(&muster(&dir, &["hosts", "reject", "db-02"])).contains("db-02 is rejected"));
     assert_eq!(
         store.find_host("db-01").await.unwrap().unwrap().state,
         HostState::Approved
@@ -159,17 +139,17 @@ async fn hosts_are_approved_rejected_and_removed() {
         store.find_host("db-02").await.unwrap().unwrap().state,
         HostState::Rejected
     );
-    let shown = stdout(&muster(&dir, &["hosts", "show", "db-01"]));
+    let shown = succeeded(&muster(&dir, &["hosts", "show", "db-01"]));
     assert!(
         shown.contains("state:       approved") && shown.contains("bundle:      none yet"),
         "{shown}"
     );
-    stdout(&muster(&dir, &["hosts", "remove", "db-02"]));
+    succeeded(&muster(&dir, &["hosts", "remove", "db-02"]));
     assert!(store.find_host("db-02").await.unwrap().is_none());
     let unknown = muster(&dir, &["hosts", "approve", "nope"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no host named `nope`"));
-    assert!(stdout(&muster(&dir, &["commits", "list"])).contains("no commits tried yet"));
+    assert!(succeeded(&muster(&dir, &["commits", "list"])).contains("no commits tried yet"));
     assert_eq!(
         muster(&dir, &["commits", "show", "abc"]).status.code(),
         Some(2)

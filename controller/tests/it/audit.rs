@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ use crate::backends;
 use crate::db::TestDb;
 use crate::harness::eventually;
 use crate::support::TempDir;
+use crate::support::cli::{muster_command, run_with_stdin};
 use crate::support::git::TestRepo;
 use crate::users::{assert_no_secret_in_repo, printed_token, repo_objects};
 
@@ -419,26 +420,17 @@ impl Controller {
     }
 }
 
-/// Runs `muster` with `stdin`; returns its output, asserting success.
+/// Runs `muster` with `stdin`; returns its stdout and stderr.
 fn muster(data: &Path, config: &Path, args: &[&str], stdin: &str) -> (String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_muster"))
-        .args(args)
-        .env("MUSTER_DATA_DIR", data)
-        .env("XDG_CONFIG_HOME", config)
-        .env("MUSTER_LOG", "debug")
-        .env_remove("MUSTER_DATABASE_URL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = run_with_stdin(
+        muster_command()
+            .args(args)
+            .env("MUSTER_DATA_DIR", data)
+            .env("XDG_CONFIG_HOME", config)
+            .env("MUSTER_LOG", "debug")
+            .env_remove("MUSTER_DATABASE_URL"),
+        stdin,
+    );
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     (stdout, stderr)

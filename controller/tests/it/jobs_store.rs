@@ -11,15 +11,16 @@ use muster_controller::jobs::{ActionRequest, ScheduleSlot, create_action};
 use muster_controller::server::hub::Hub;
 use muster_controller::signing::SigningKey;
 use muster_controller::store::{
-    ActionState, CancelOutcome, DELIVERY_LEASE_SECS, HostRecord, JobFilter, JobSource, JobState,
-    NewAction, NewJob, ResultOutcome, StartOutcome, Store, StoreError, TokenRecord,
+    ActionState, CancelOutcome, DELIVERY_LEASE_SECS, JobFilter, JobSource, JobState, NewAction,
+    NewJob, ResultOutcome, StartOutcome, Store, StoreError, TokenRecord,
 };
 use muster_schemas::job::{JobKind, ScriptJob, verify_job};
-use muster_schemas::protocol::{HostState, JobResult, JobResultState};
+use muster_schemas::protocol::{JobResult, JobResultState};
 use serde_json::json;
 
 use crate::backends;
 use crate::db::TestDb;
+use crate::support::pending_host;
 
 const NOW: i64 = 1_790_000_000;
 
@@ -39,27 +40,33 @@ async fn hosts(store: &Store, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 1..=n {
         let id = format!("h{i}");
-        let host = HostRecord {
-            id: id.clone(),
-            name: id.clone(),
-            state: HostState::Pending,
-            key: "00".repeat(32),
-            labels: BTreeMap::new(),
-            facts: serde_json::Map::new(),
-            token_id: None,
-            enrolled_at: 0,
-            last_seen_at: None,
-            applied_generation: 0,
-            run_status: None,
-        };
         store
-            .enroll("token-hash", &host, NOW)
+            .enroll("token-hash", &pending_host(&id, &id), NOW)
             .await
             .unwrap()
             .unwrap();
         ids.push(id);
     }
     ids
+}
+
+/// A store with hosts `h1`…`hN` and action `a1` with a job on each.
+async fn store_with_action(
+    db: &TestDb,
+    n_hosts: usize,
+    max_parallel: Option<u32>,
+    failure_threshold: Option<u32>,
+) -> (Store, Vec<String>) {
+    let store = db.open().await;
+    let hosts = hosts(&store, n_hosts).await;
+    store
+        .create_action(
+            &action("a1", max_parallel, failure_threshold),
+            &jobs("a1", &hosts),
+        )
+        .await
+        .unwrap();
+    (store, hosts)
 }
 
 fn action(id: &str, max_parallel: Option<u32>, failure_threshold: Option<u32>) -> NewAction {
@@ -129,12 +136,7 @@ backends!(
     rollouts_honour_max_parallel_and_stop_at_the_failure_threshold,
     |db: TestDb| {
         async move {
-            let store = db.open().await;
-            let hosts = hosts(&store, 5).await;
-            store
-                .create_action(&action("a1", Some(2), Some(2)), &jobs("a1", &hosts))
-                .await
-                .unwrap();
+            let (store, hosts) = store_with_action(&db, 5, Some(2), Some(2)).await;
             for host in &hosts {
                 assert_eq!(
                     state_of(&store, &format!("a1-{host}")).await,
@@ -271,12 +273,7 @@ backends!(
     delivered_jobs_come_back_when_their_lease_runs_out,
     |db: TestDb| {
         async move {
-            let store = db.open().await;
-            let hosts = hosts(&store, 2).await;
-            store
-                .create_action(&action("a1", None, None), &jobs("a1", &hosts))
-                .await
-                .unwrap();
+            let (store, _) = store_with_action(&db, 2, None, None).await;
             store.release("a1", NOW).await.unwrap();
             assert_eq!(
                 ids(&store.jobs_for_host("h1", NOW).await.unwrap()),
@@ -357,12 +354,7 @@ backends!(
     results_are_idempotent_and_only_the_jobs_host_may_report,
     |db: TestDb| {
         async move {
-            let store = db.open().await;
-            let hosts = hosts(&store, 2).await;
-            store
-                .create_action(&action("a1", None, None), &jobs("a1", &hosts))
-                .await
-                .unwrap();
+            let (store, _) = store_with_action(&db, 2, None, None).await;
             let done = result("a1-h1", JobResultState::Succeeded, 0);
             // Never delivered: no result can be true yet.
             assert!(matches!(
@@ -450,12 +442,7 @@ backends!(
     cancelled_and_expired_jobs_move_the_rollout_on,
     |db: TestDb| {
         async move {
-            let store = db.open().await;
-            let hosts = hosts(&store, 3).await;
-            store
-                .create_action(&action("a1", Some(1), None), &jobs("a1", &hosts))
-                .await
-                .unwrap();
+            let (store, hosts) = store_with_action(&db, 3, Some(1), None).await;
             assert_eq!(store.release("a1", NOW).await.unwrap().queued_hosts, ["h1"]);
             store.jobs_for_host("h1", NOW).await.unwrap();
             // Delivered: too late to call back.

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::backends;
 use crate::db::TestDb;
+use crate::support::pending_host;
 
 const NOW: i64 = 1_790_000_000;
 
@@ -28,17 +29,8 @@ fn token(id: &str, max_uses: i64, auto_approve: bool) -> TokenRecord {
 
 fn host(id: &str, name: &str) -> HostRecord {
     HostRecord {
-        id: id.into(),
-        name: name.into(),
-        state: HostState::Pending,
-        key: "00".repeat(32),
-        labels: BTreeMap::new(),
         facts: serde_json::Map::from_iter([("os".to_string(), json!("debian"))]),
-        token_id: None,
-        enrolled_at: 0,
-        last_seen_at: None,
-        applied_generation: 0,
-        run_status: None,
+        ..pending_host(id, name)
     }
 }
 

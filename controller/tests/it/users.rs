@@ -2,9 +2,8 @@
 //! user API of a real controller, and the `muster user`, `apitoken`,
 //! `login` and `logout` commands run as an operator runs them.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use muster_controller::audit::{AuditLog, Filter};
 use muster_controller::server::user_auth::{
@@ -19,6 +18,7 @@ use serde_json::json;
 use crate::backends;
 use crate::db::TestDb;
 use crate::harness::Harness;
+use crate::support::cli::{muster_command, run_with_stdin, succeeded};
 
 const NOW: i64 = 1_790_000_000;
 
@@ -563,40 +563,20 @@ fn muster_with_env(
     stdin: &str,
     env: &[(&str, &Path)],
 ) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_muster"));
+    let mut command = muster_command();
     command
         .args(args)
         .env("MUSTER_DATA_DIR", data)
         .env("USER", "operator")
         .env_remove("SUDO_USER")
-        .env_remove("MUSTER_DATABASE_URL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("MUSTER_DATABASE_URL");
     if let Some(url) = database_url {
         command.env("MUSTER_DATABASE_URL", url);
     }
     for (name, value) in env {
         command.env(name, value);
     }
-    let mut child = command.spawn().expect("muster runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    run_with_stdin(&mut command, stdin)
 }
 
 fn failure(output: &Output) -> String {
@@ -623,12 +603,12 @@ async fn operators_manage_users_and_tokens_from_the_command_line() {
     let dir = TestDb::temp_dir("users-cli");
     let run = |args: &[&str], stdin: &str| muster(&dir, None, args, stdin);
 
-    let added = stdout(&run(
+    let added = succeeded(&run(
         &["user", "add", "alice"],
         &format!("{ALICE_PASSWORD}\n"),
     ));
     assert!(added.contains("added user alice"), "{added}");
-    let admin = stdout(&run(
+    let admin = succeeded(&run(
         &["user", "add", "root", "--admin"],
         "break glass in emergency\n",
     ));
@@ -644,7 +624,7 @@ async fn operators_manage_users_and_tokens_from_the_command_line() {
     );
     assert!(failure(&run(&["user", "add", "bob"], "")).contains("no password given"));
 
-    let list = stdout(&run(&["user", "list"], ""));
+    let list = succeeded(&run(&["user", "list"], ""));
     let lines: Vec<&str> = list.lines().collect();
     assert_eq!(lines.len(), 3, "{list}");
     assert!(lines[0].starts_with("NAME"), "{list}");
@@ -657,7 +637,7 @@ async fn operators_manage_users_and_tokens_from_the_command_line() {
         "{list}"
     );
 
-    stdout(&run(&["user", "passwd", "alice"], "a brand new password\n"));
+    succeeded(&run(&["user", "passwd", "alice"], "a brand new password\n"));
     let store = Store::open(&muster_controller::store::sqlite_url(&dir))
         .await
         .unwrap();
@@ -667,7 +647,7 @@ async fn operators_manage_users_and_tokens_from_the_command_line() {
         &alice.password_hash
     ));
 
-    let created = stdout(&run(
+    let created = succeeded(&run(
         &[
             "apitoken", "create", "--user", "alice", "--name", "ci", "--ttl", "30d",
         ],
@@ -698,19 +678,19 @@ async fn operators_manage_users_and_tokens_from_the_command_line() {
         .contains("no user named `nobody`")
     );
     let id = bearer.api_token.unwrap().0;
-    let list = stdout(&run(&["apitoken", "list"], ""));
+    let list = succeeded(&run(&["apitoken", "list"], ""));
     assert!(list.contains(&id) && list.contains("valid"), "{list}");
     assert!(!list.contains(&token), "{list}");
-    stdout(&run(&["apitoken", "revoke", &id], ""));
-    assert!(stdout(&run(&["apitoken", "list"], "")).contains("revoked"));
+    succeeded(&run(&["apitoken", "revoke", &id], ""));
+    assert!(succeeded(&run(&["apitoken", "list"], "")).contains("revoked"));
     assert!(failure(&run(&["apitoken", "revoke", &id], "")).contains("no valid API token"));
 
-    stdout(&run(&["user", "remove", "alice"], ""));
+    succeeded(&run(&["user", "remove", "alice"], ""));
     assert!(failure(&run(&["user", "remove", "alice"], "")).contains("no user named `alice`"));
     store.close().await;
 
     // Every change is in the audit repository, authored by the operator.
-    let log = stdout(&run(&["audit", "log"], ""));
+    let log = succeeded(&run(&["audit", "log"], ""));
     let actions: Vec<&str> = log
         .lines()
         .skip(1)
@@ -733,10 +713,11 @@ async fn operators_manage_users_and_tokens_from_the_command_line() {
         "{log}"
     );
     assert!(
-        stdout(&run(&["audit", "log", "--user", "someone-else"], "")).contains("no audit records")
+        succeeded(&run(&["audit", "log", "--user", "someone-else"], ""))
+            .contains("no audit records")
     );
     assert_eq!(
-        stdout(&run(&["audit", "log", "--since", "1h"], ""))
+        succeeded(&run(&["audit", "log", "--since", "1h"], ""))
             .lines()
             .count(),
         7
@@ -744,7 +725,7 @@ async fn operators_manage_users_and_tokens_from_the_command_line() {
     assert!(
         failure(&run(&["audit", "log", "--since", "yesterday"], "")).contains("invalid --since")
     );
-    let verified = stdout(&run(&["audit", "verify"], ""));
+    let verified = succeeded(&run(&["audit", "verify"], ""));
     assert!(verified.starts_with("ok: "), "{verified}");
     assert!(verified.contains("6 actions and 0 outcomes"), "{verified}");
 
@@ -812,7 +793,7 @@ async fn login_and_logout_keep_a_private_session_file() {
     );
     assert!(!config.join("muster/session.json").exists());
 
-    let out = stdout(&run(&login_args, &format!("{ALICE_PASSWORD}\n")));
+    let out = succeeded(&run(&login_args, &format!("{ALICE_PASSWORD}\n")));
     assert!(out.contains("logged in to"), "{out}");
     let path = config.join("muster/session.json");
     #[cfg(unix)]
@@ -833,11 +814,11 @@ async fn login_and_logout_keep_a_private_session_file() {
         .collect();
     assert_eq!(leftovers, ["session.json"], "no temp file is left behind");
 
-    let out = stdout(&run(&["logout"], ""));
+    let out = succeeded(&run(&["logout"], ""));
     assert!(out.contains("logged out of"), "{out}");
     assert!(!path.exists());
     assert_eq!(whoami(&h, &token).await.status(), 401);
-    assert!(stdout(&run(&["logout"], "")).contains("not logged in"));
+    assert!(succeeded(&run(&["logout"], "")).contains("not logged in"));
     let _ = std::fs::remove_dir_all(&config);
     h.stop().await;
 }
@@ -848,7 +829,7 @@ backends!(user_commands_work_on_every_backend, |db: TestDb| {
     async move {
         let data = db.dir.join("data");
         let url = Some(db.url.as_str());
-        stdout(&muster(
+        succeeded(&muster(
             &data,
             url,
             &["user", "add", "carol"],

@@ -1,13 +1,36 @@
 //! Helpers shared by the integration tests: temp dirs, real git repos,
-//! real agent processes and a tampering proxy.
+//! real agent processes, a tampering proxy, the `muster` command line and
+//! stored hosts.
 
 pub(crate) mod agent;
+pub(crate) mod cli;
 pub(crate) mod git;
 pub(crate) mod proxy;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use muster_controller::store::HostRecord;
+use muster_schemas::protocol::HostState;
+
+/// A host as enrollment stores it: pending, no labels, facts or reports.
+pub(crate) fn pending_host(id: &str, name: &str) -> HostRecord {
+    HostRecord {
+        id: id.into(),
+        name: name.into(),
+        state: HostState::Pending,
+        key: "00".repeat(32),
+        labels: BTreeMap::new(),
+        facts: serde_json::Map::new(),
+        token_id: None,
+        enrolled_at: 0,
+        last_seen_at: None,
+        applied_generation: 0,
+        run_status: None,
+    }
+}
 
 /// A directory under the system temp dir, removed on drop.
 #[derive(Debug)]
