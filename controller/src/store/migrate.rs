@@ -15,51 +15,42 @@ struct Migration {
     sql: &'static str,
 }
 
-const SQLITE: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "initial",
-        sql: include_str!("../../migrations/sqlite/0001_initial.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "jobs",
-        sql: include_str!("../../migrations/sqlite/0002_jobs.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "users",
-        sql: include_str!("../../migrations/sqlite/0003_users.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "schedules",
-        sql: include_str!("../../migrations/sqlite/0004_schedules.sql"),
-    },
-];
+/// One backend's migrations, from its own directory: both backends have
+/// the same versions with the same names, only their SQL differs.
+macro_rules! migrations {
+    ($backend:literal) => {
+        &[
+            Migration {
+                version: 1,
+                name: "initial",
+                sql: include_str!(concat!("../../migrations/", $backend, "/0001_initial.sql")),
+            },
+            Migration {
+                version: 2,
+                name: "jobs",
+                sql: include_str!(concat!("../../migrations/", $backend, "/0002_jobs.sql")),
+            },
+            Migration {
+                version: 3,
+                name: "users",
+                sql: include_str!(concat!("../../migrations/", $backend, "/0003_users.sql")),
+            },
+            Migration {
+                version: 4,
+                name: "schedules",
+                sql: include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0004_schedules.sql"
+                )),
+            },
+        ]
+    };
+}
 
-const POSTGRES: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "initial",
-        sql: include_str!("../../migrations/postgres/0001_initial.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "jobs",
-        sql: include_str!("../../migrations/postgres/0002_jobs.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "users",
-        sql: include_str!("../../migrations/postgres/0003_users.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "schedules",
-        sql: include_str!("../../migrations/postgres/0004_schedules.sql"),
-    },
-];
+const SQLITE: &[Migration] = migrations!("sqlite");
+
+const POSTGRES: &[Migration] = migrations!("postgres");
 
 pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {
     let migrations = match backend {
