@@ -7,7 +7,8 @@
 //! and committed by `muster`, with the message `<action> <targets>:
 //! <summary>`. The outcome of an action (a job result summary) follows as a
 //! commit of its own at `outcomes/YYYY/MM/DD/<request-id>.yaml`, authored by
-//! `muster`.
+//! `muster`, in the repository that holds the action's record: replicas
+//! of a controller each keep their own ([`AuditLog::has_action`]).
 //!
 //! Writing is the contract the rest of Muster builds on: [`AuditLog::record`]
 //! returns only once the commit is on disk (its objects are fsynced before

@@ -334,12 +334,19 @@ fn check_id(id: &str, what: &str) -> Result<(), ApiError> {
 
 /// What an action body asks for, checked.
 struct Planned {
+    /// The job every target host gets.
     kind: JobKind,
+    /// What the caller was authorized for, for the log.
     need: Need,
+    /// The audit record's action: `scripts.run`, `actions.reboot`, …
     audit_action: &'static str,
+    /// What it does, the start of the summary: `run cleanup`, `reboot`.
     what: String,
+    /// The parameters for the audit record, secret ones marked so.
     parameters: Vec<Parameter>,
+    /// The parameters as the action record shows them, secrets redacted.
     redacted: Value,
+    /// `max_parallel` and `failure_threshold`.
     rollout: (Option<u32>, Option<u32>),
     timeout_secs: u64,
 }
