@@ -645,7 +645,7 @@ backends!(
             assert!(audit_a.has_outcome(&request_id, now).unwrap());
             let fresh = Mutex::new(BTreeSet::new());
             assert_eq!(record_outcomes(&store, &audit_a, &fresh).await.unwrap(), 0);
-            let verified_a = audit_a.verify(&[request_id.clone()]).unwrap();
+            let verified_a = audit_a.verify(std::slice::from_ref(&request_id)).unwrap();
             assert!(verified_a.problems.is_empty(), "{:?}", verified_a.problems);
             assert_eq!((verified_a.n_actions, verified_a.n_outcomes), (1, 1));
         }
