@@ -7,9 +7,9 @@
 //! set on the temporary file before the rename; metadata-only changes are
 //! made in place on the open file.
 //!
-//! A replacement is decided and written here, and landed (fsync, rename,
-//! directory fsync) either right away ([`CheckApply`]) or by a converge
-//! run, which overlaps the fsyncs of consecutive files
+//! A replacement is decided here, and written and landed (temporary file,
+//! fsync, rename, directory fsync) either right away ([`CheckApply`]) or
+//! by a converge run, which overlaps the writes of consecutive files
 //! ([`check_apply_pending`], `resources::writes`).
 
 use std::io::Read;
@@ -19,7 +19,7 @@ use muster_schemas::model::{FileSpec, Presence};
 
 use super::accounts::{self, Ownership};
 use super::diff::{self, DIFF_READ_LIMIT, Side};
-use super::paths::{self, HostPath, NewFile, PendingWrite};
+use super::paths::{self, FileWrite, HostPath, NewFile};
 use super::{CheckApply, Context, Differences, Failure, Outcome, outcome_of};
 
 /// Mode of a new file when the spec names none.
@@ -30,37 +30,34 @@ pub const DEFAULT_SECRET_MODE: u32 = 0o600;
 
 impl CheckApply for FileSpec {
     fn check_apply(&self, ctx: &Context, apply: bool) -> Outcome {
-        let (outcome, pending) = check_apply_pending(self, ctx, apply);
-        match pending {
-            None => outcome,
-            Some(pending) => match pending.land(ctx) {
-                Ok(()) => outcome,
-                Err(failure) => Outcome::failed(failure.to_string()),
-            },
+        let (outcome, write) = check_apply_pending(self, ctx, apply);
+        match write.map(|write| write.apply(ctx)) {
+            None | Some(Ok(())) => outcome,
+            Some(Err(failure)) => Outcome::failed(failure.to_string()),
         }
     }
 }
 
 /// The file resource's check and apply, except that new content (a created
-/// file, or changed content) is returned written to a temporary file but
-/// not yet landed. The outcome is the resource's once the write has landed;
-/// if landing fails, the resource has failed instead. Everything else
-/// (parent directories, metadata fixed in place, a removal) is done here.
-pub(crate) fn check_apply_pending(
-    spec: &FileSpec,
+/// file, or changed content) is returned as a write still to be made. The
+/// outcome is the resource's once that write has landed; if it fails, the
+/// resource has failed instead. Everything else (parent directories,
+/// metadata fixed in place, a removal) is done here.
+pub(crate) fn check_apply_pending<'a>(
+    spec: &'a FileSpec,
     ctx: &Context,
     apply: bool,
-) -> (Outcome, Option<PendingWrite>) {
+) -> (Outcome, Option<FileWrite<'a>>) {
     match check_apply(spec, ctx, apply) {
-        Ok((outcome, pending)) => (outcome, pending),
+        Ok((outcome, write)) => (outcome, write),
         Err(failure) => (outcome_of(Err(failure)), None),
     }
 }
 
 /// An outcome, and the write that must land for it to hold.
-type Pending = (Outcome, Option<PendingWrite>);
+type Pending<'a> = (Outcome, Option<FileWrite<'a>>);
 
-fn check_apply(spec: &FileSpec, ctx: &Context, apply: bool) -> Result<Pending, Failure> {
+fn check_apply<'a>(spec: &'a FileSpec, ctx: &Context, apply: bool) -> Result<Pending<'a>, Failure> {
     let target = ctx.host_path(spec.path.as_str())?;
     let current = paths::lstat(&target.path)?;
     if let Some(meta) = &current
@@ -78,13 +75,13 @@ fn check_apply(spec: &FileSpec, ctx: &Context, apply: bool) -> Result<Pending, F
     }
 }
 
-fn present(
-    spec: &FileSpec,
+fn present<'a>(
+    spec: &'a FileSpec,
     ctx: &Context,
     apply: bool,
     target: &HostPath,
     current: Option<std::fs::Metadata>,
-) -> Result<Pending, Failure> {
+) -> Result<Pending<'a>, Failure> {
     let ownership = accounts::ownership(ctx, spec.owner.as_deref(), spec.group.as_deref())?;
     let mut differences = Differences::default();
     let mut diff = None;
@@ -117,12 +114,16 @@ fn present(
         };
         // The new parents are made durable with the file, when it lands.
         let (target, created_in) = ctx.create_parents_unsynced(target)?;
-        let content = spec.content.as_deref().unwrap_or_default();
-        let pending = PendingWrite::stage(ctx, &target, content.as_bytes(), new_file, created_in)?;
+        let write = FileWrite {
+            target,
+            content: spec.content.as_deref().unwrap_or_default().as_bytes(),
+            new_file,
+            created_in,
+        };
         let outcome = Outcome::changed(differences.message())
             .with_diff(diff)
             .with_note(ownership.note);
-        return Ok((outcome, Some(pending)));
+        return Ok((outcome, Some(write)));
     };
     let mut file = paths::open_verified(&target.path, &meta)?;
 
@@ -168,7 +169,7 @@ fn present(
             .with_note(ownership.note);
         return Ok((outcome, None));
     }
-    let mut pending = None;
+    let mut write = None;
     if rewrite {
         // A replaced file keeps the current mode and owner unless the spec
         // names others: an edit to the content must not widen access. In a
@@ -180,21 +181,19 @@ fn present(
             uid: ownership.uid.or(keep(meta.uid())),
             gid: ownership.gid.or(keep(meta.gid())),
         };
-        let content = spec.content.as_deref().unwrap_or_default();
-        pending = Some(PendingWrite::stage(
-            ctx,
-            target,
-            content.as_bytes(),
+        write = Some(FileWrite {
+            target: target.clone(),
+            content: spec.content.as_deref().unwrap_or_default().as_bytes(),
             new_file,
-            Vec::new(),
-        )?);
+            created_in: Vec::new(),
+        });
     } else {
         metadata_fix.apply(&file, &target.declared)?;
     }
     let outcome = Outcome::changed(differences.message())
         .with_diff(diff)
         .with_note(ownership.note);
-    Ok((outcome, pending))
+    Ok((outcome, write))
 }
 
 fn absent(

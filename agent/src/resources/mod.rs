@@ -13,7 +13,7 @@
 //! resources (and every resource in a dry run) are only checked; a resource
 //! whose dependency failed is skipped, not the whole run; a service
 //! restarts when a resource in its `restart_on` changed in the same run.
-//! The fsyncs of consecutive file writes overlap, and each directory is
+//! Consecutive file writes overlap on a few threads, and each directory is
 //! fsynced once at the end of the run (`writes`); every change is durable
 //! when `converge` returns.
 //!
@@ -274,57 +274,61 @@ impl CheckApply for Resource {
 ///   before any resource that could see one, so each resource finds the
 ///   host as if every earlier one had been applied on its own.
 pub fn converge(desired: &Desired, ctx: &Context, dry_run: bool) -> Vec<ResourceReport> {
-    let mut run = Run::new(desired);
-    let mut writes = writes::Writes::new();
-    for item in &desired.resources {
-        let apply = !dry_run && item.mode == PolicyMode::Enforce;
-        let sees_no_write = match &item.resource {
-            Resource::File(spec) => {
-                spec.depends_on.is_empty() && !writes.overlaps(spec.path.as_str())
+    // The writes' threads live in this scope, so that they can borrow the
+    // bundle's content and the context; it ends with the run.
+    std::thread::scope(|scope| {
+        let mut run = Run::new(desired);
+        let mut writes = writes::Writes::new(scope, ctx);
+        for item in &desired.resources {
+            let apply = !dry_run && item.mode == PolicyMode::Enforce;
+            let sees_no_write = match &item.resource {
+                Resource::File(spec) => {
+                    spec.depends_on.is_empty() && !writes.overlaps(spec.path.as_str())
+                }
+                _ => false,
+            };
+            if !writes.is_empty() && !sees_no_write {
+                run.fail(writes.land_all());
             }
-            _ => false,
-        };
-        if !writes.is_empty() && !sees_no_write {
-            run.fail(writes.land_all(ctx));
-        }
-        let failed_dependency = item
-            .resource
-            .depends_on()
-            .iter()
-            .find(|dependency| run.broken.contains(dependency.as_str()));
-        let (outcome, pending) = match (failed_dependency, &item.resource) {
-            (Some(dependency), _) => (
-                Outcome::skipped(format!("dependency {dependency} failed")),
-                None,
-            ),
-            (None, Resource::Service(spec)) => {
-                let restart_because = spec
-                    .restart_on
-                    .iter()
-                    .filter(|id| match run.seen.get(id.as_str()) {
-                        Some((ResourceStatus::Changed, _)) => true,
-                        Some((ResourceStatus::Drifted, PolicyMode::Enforce)) => dry_run,
-                        _ => false,
-                    })
-                    .cloned()
-                    .collect();
-                let service = Service {
-                    spec,
-                    restart_because,
-                };
-                (service.check_apply(ctx, apply), None)
+            let failed_dependency = item
+                .resource
+                .depends_on()
+                .iter()
+                .find(|dependency| run.broken.contains(dependency.as_str()));
+            let (outcome, write) = match (failed_dependency, &item.resource) {
+                (Some(dependency), _) => (
+                    Outcome::skipped(format!("dependency {dependency} failed")),
+                    None,
+                ),
+                (None, Resource::Service(spec)) => {
+                    let restart_because = spec
+                        .restart_on
+                        .iter()
+                        .filter(|id| match run.seen.get(id.as_str()) {
+                            Some((ResourceStatus::Changed, _)) => true,
+                            Some((ResourceStatus::Drifted, PolicyMode::Enforce)) => dry_run,
+                            _ => false,
+                        })
+                        .cloned()
+                        .collect();
+                    let service = Service {
+                        spec,
+                        restart_because,
+                    };
+                    (service.check_apply(ctx, apply), None)
+                }
+                (None, Resource::File(spec)) => file::check_apply_pending(spec, ctx, apply),
+                (None, resource) => (resource.check_apply(ctx, apply), None),
+            };
+            let skipped = failed_dependency.is_some();
+            let index = run.record(skipped, outcome);
+            if let Some(write) = write {
+                run.fail(writes.push(index, write));
             }
-            (None, Resource::File(spec)) => file::check_apply_pending(spec, ctx, apply),
-            (None, resource) => (resource.check_apply(ctx, apply), None),
-        };
-        let skipped = failed_dependency.is_some();
-        let index = run.record(skipped, outcome);
-        if let Some(pending) = pending {
-            run.fail(writes.push(ctx, index, pending));
         }
-    }
-    run.fail(writes.finish(ctx));
-    run.reports
+        run.fail(writes.finish());
+        run.reports
+    })
 }
 
 /// What a converge run has reported so far.

@@ -418,6 +418,46 @@ pub(crate) fn remove_stale_temps(dir: &Path) -> Result<usize, Failure> {
     Ok(removed)
 }
 
+/// New content decided for a managed file, not written yet: the target
+/// (checked, its parents created), the bytes, the mode and owner, and the
+/// directories whose entries changed for it already (parents created).
+/// [`stage`](Self::stage) writes it to a [`PendingWrite`], on any thread.
+#[derive(Debug)]
+pub(crate) struct FileWrite<'a> {
+    pub(crate) target: HostPath,
+    pub(crate) content: &'a [u8],
+    pub(crate) new_file: NewFile,
+    pub(crate) created_in: Vec<PathBuf>,
+}
+
+impl FileWrite<'_> {
+    /// The path as the bundle wrote it.
+    pub(crate) fn declared(&self) -> &str {
+        &self.target.declared
+    }
+
+    /// The directory the file is written in.
+    pub(crate) fn dir(&self) -> &Path {
+        self.target.parent()
+    }
+
+    /// Writes the temporary file (see [`PendingWrite::stage`]).
+    pub(crate) fn stage(self, ctx: &Context) -> Result<PendingWrite, Failure> {
+        PendingWrite::stage(
+            ctx,
+            &self.target,
+            self.content,
+            self.new_file,
+            self.created_in,
+        )
+    }
+
+    /// Writes and lands it in this call (see [`PendingWrite::land`]).
+    pub(crate) fn apply(self, ctx: &Context) -> Result<(), Failure> {
+        self.stage(ctx)?.land(ctx)
+    }
+}
+
 /// New content for a managed file, written to a temporary file next to it
 /// with its owner and mode already set, but neither durable nor in place
 /// yet. Landing it takes two steps, which [`land`](Self::land) runs one
@@ -474,16 +514,6 @@ impl PendingWrite {
         )?;
         pending.file = Some(file);
         Ok(pending)
-    }
-
-    /// The path as the bundle wrote it.
-    pub(crate) fn declared(&self) -> &str {
-        &self.target.declared
-    }
-
-    /// The directory the file is written in.
-    pub(crate) fn dir(&self) -> &Path {
-        self.target.parent()
     }
 
     /// The directories to fsync, once this write is in place, for it to
