@@ -121,7 +121,9 @@ struct Agent {
     ctx: Arc<Context>,
     sampler: MetricsSampler,
     applied: Applied,
-    in_force: Option<Bundle>,
+    /// The bundle being enforced, shared with the converge runs on the
+    /// blocking pool rather than copied for each.
+    in_force: Option<Arc<Bundle>>,
     /// The last refusal reported, so that a bundle the controller keeps
     /// offering is reported once, not on every poll.
     last_refusal: Option<String>,
@@ -137,7 +139,7 @@ impl Agent {
         let mut applied = state
             .applied()
             .map_err(AgentError::io("cannot read the applied generation"))?;
-        let in_force = stored_bundle(&config, &state, &applied);
+        let in_force = stored_bundle(&config, &state, &applied).map(Arc::new);
         if let Some(bundle) = &in_force {
             // A crash between storing the bundle and the generation leaves
             // the bundle ahead; its run was attempted, so catch up.
@@ -333,6 +335,7 @@ impl Agent {
             "applying a new bundle"
         );
         let started_at = unix_now();
+        let bundle = Arc::new(bundle);
         let (resources, checks) = self.converge(&bundle, false).await;
         let finished_at = unix_now();
         // The commit point: see the module docs for why it comes after the
@@ -349,6 +352,8 @@ impl Agent {
         {
             tracing::error!(error = %err, "cannot record the applied generation in the state dir");
         }
+        // Stored: its JSON is not needed while the report is built and sent.
+        drop(signed);
         self.applied = applied;
         self.last_refusal = None;
         let status = run_status(&resources);
@@ -388,13 +393,14 @@ impl Agent {
     /// Then runs the compliance checks, which only look.
     async fn converge(
         &self,
-        bundle: &Bundle,
+        bundle: &Arc<Bundle>,
         dry_run: bool,
     ) -> (Vec<ResourceReport>, Vec<CheckReport>) {
         let ctx = Arc::clone(&self.ctx);
-        let desired = bundle.desired.clone();
+        let shared = Arc::clone(bundle);
         let outcome = tokio::task::spawn_blocking(move || {
-            let resources = converge(&desired, &ctx, dry_run);
+            let desired = &shared.desired;
+            let resources = converge(desired, &ctx, dry_run);
             let checks = run_checks(&desired.checks, &ctx);
             (resources, checks)
         })

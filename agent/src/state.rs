@@ -110,11 +110,7 @@ impl StateDir {
         if applied.generation <= self.applied()?.generation {
             return Ok(());
         }
-        write_atomic(
-            &self.dir.join(GENERATION_FILE),
-            &json_bytes(applied)?,
-            0o600,
-        )
+        write_json_atomic(&self.dir.join(GENERATION_FILE), applied)
     }
 
     /// The last good bundle, if one was stored.
@@ -130,7 +126,7 @@ impl StateDir {
 
     /// Stores the bundle in force, durably.
     pub fn store_bundle(&self, signed: &SignedBundle) -> io::Result<()> {
-        write_atomic(&self.dir.join(BUNDLE_FILE), &json_bytes(signed)?, 0o600)
+        write_json_atomic(&self.dir.join(BUNDLE_FILE), signed)
     }
 
     /// Appends a report to the queue, dropping the oldest ones beyond the
@@ -142,8 +138,7 @@ impl StateDir {
             .last()
             .and_then(|path| sequence_of(path))
             .map_or(1, |n| n + 1);
-        let bytes = json_bytes(report)?;
-        write_atomic(&queue.join(format!("{next:020}.json")), &bytes, 0o600)?;
+        write_json_atomic(&queue.join(format!("{next:020}.json")), report)?;
 
         let mut entries = self.queued()?;
         let mut total: u64 = entries
@@ -234,8 +229,17 @@ fn sequence_of(path: &Path) -> Option<u64> {
         .ok()
 }
 
-fn json_bytes<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+/// Writes `value` as JSON, mode 0600, like [`write_atomic`]. The JSON is
+/// streamed into the file rather than built in memory first: a bundle or a
+/// report of a thousand files is megabytes, which the allocator would keep
+/// resident long after.
+fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    write_atomic_with(path, 0o600, |file| {
+        let mut writer = io::BufWriter::new(file);
+        serde_json::to_writer(&mut writer, value)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+        writer.flush()
+    })
 }
 
 /// Replaces `path` with `bytes` atomically and durably: a temp file in the
@@ -243,6 +247,15 @@ fn json_bytes<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 /// `path`, then the directory fsynced so that the rename itself survives a
 /// crash.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_with(path, mode, |mut file| file.write_all(bytes))
+}
+
+/// [`write_atomic`] with the content written by `write`.
+fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -254,14 +267,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     // A temp file left by a crashed run of this pid is stale.
     let _ = fs::remove_file(&temp);
     let result = (|| {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&temp)?;
         // The umask may have narrowed the mode; set it exactly.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
+        write(&file)?;
         file.sync_all()?;
         fs::rename(&temp, path)?;
         sync_dir(dir)

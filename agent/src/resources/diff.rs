@@ -80,8 +80,11 @@ pub(crate) fn content_diff(path: &str, old: Side<'_>, new: Side<'_>, secret: boo
 }
 
 /// Cuts a diff to [`DIFF_LIMIT`] at a line boundary and says so.
-fn bound(diff: String) -> String {
+fn bound(mut diff: String) -> String {
     if diff.len() <= DIFF_LIMIT {
+        // A run's report holds a diff per changed file until it is sent:
+        // no room to spare in each.
+        diff.shrink_to_fit();
         return diff;
     }
     let mut cut = DIFF_LIMIT;
