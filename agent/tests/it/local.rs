@@ -10,51 +10,7 @@ use std::process::{Command, Output};
 use muster_schemas::bundle::{Bundle, SignedBundle};
 use muster_schemas::model::{FileSpec, PolicyMode, Resource};
 
-use crate::support::{TempDir, bundle};
-
-const AGENT: &str = env!("CARGO_BIN_EXE_muster-agent");
-
-/// A signing key pair and its public key in base64.
-struct Signer {
-    keys: minisign::KeyPair,
-}
-
-impl Signer {
-    fn new() -> Signer {
-        Signer {
-            keys: minisign::KeyPair::generate_unencrypted_keypair().unwrap(),
-        }
-    }
-
-    fn public_key(&self) -> String {
-        self.keys.pk.to_base64()
-    }
-
-    /// Signs a bundle the way the controller does: the canonical JSON,
-    /// prehashed, with the header in the trusted comment.
-    fn sign(&self, bundle: &Bundle) -> SignedBundle {
-        let text = bundle.to_canonical_json_string();
-        let signature = minisign::sign(
-            Some(&self.keys.pk),
-            &self.keys.sk,
-            Cursor::new(text.as_bytes()),
-            Some(&bundle.trusted_comment().to_string()),
-            Some("muster bundle signature"),
-        )
-        .unwrap();
-        SignedBundle {
-            bundle: text,
-            signature: signature.into_string(),
-        }
-    }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use crate::support::{AGENT, Signer, TempDir, bundle, unix_now};
 
 /// A bundle for `host` that writes `/etc/motd` with `content`.
 fn motd_bundle(host: &str, generation: u64, content: &str, mode: PolicyMode) -> Bundle {

@@ -3,6 +3,7 @@
 //! the resource engine on temp roots with stand-in system tools
 //! (`resources`), sharing the helpers in `support`.
 
+mod crash;
 mod jobs;
 mod local;
 mod resources;

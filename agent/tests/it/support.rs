@@ -1,17 +1,22 @@
 //! Helpers shared by the integration tests: temp directories removed on
-//! drop, one-resource bundles, the timeline every resource kind must keep,
-//! stand-in system tools that record their argv, and `eventually`.
+//! drop, one-resource bundles, bundles signed like the controller signs
+//! them, the timeline every resource kind must keep, stand-in system tools
+//! that record their argv, and `eventually`.
 
 use std::fs;
+use std::io::Cursor;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use muster_agent::resources::{Context, converge};
-use muster_schemas::bundle::{BundleResource, Desired};
+use muster_schemas::bundle::{Bundle, BundleResource, Desired, SignedBundle};
 use muster_schemas::model::{PolicyMode, Resource};
 use muster_schemas::protocol::{ResourceReport, ResourceStatus};
+
+/// The agent binary under test.
+pub(crate) const AGENT: &str = env!("CARGO_BIN_EXE_muster-agent");
 
 /// A directory under the system temp dir, removed with everything in it on
 /// drop. Its path is canonical, so that no parent is a symbolic link (the
@@ -60,6 +65,48 @@ pub(crate) fn bundle(resources: Vec<(Resource, PolicyMode)>) -> Desired {
             .collect(),
         ..Desired::default()
     }
+}
+
+/// A signing key pair and its public key in base64.
+pub(crate) struct Signer {
+    pub(crate) keys: minisign::KeyPair,
+}
+
+impl Signer {
+    pub(crate) fn new() -> Signer {
+        Signer {
+            keys: minisign::KeyPair::generate_unencrypted_keypair().unwrap(),
+        }
+    }
+
+    pub(crate) fn public_key(&self) -> String {
+        self.keys.pk.to_base64()
+    }
+
+    /// Signs a bundle the way the controller does: the canonical JSON,
+    /// prehashed, with the header in the trusted comment.
+    pub(crate) fn sign(&self, bundle: &Bundle) -> SignedBundle {
+        let text = bundle.to_canonical_json_string();
+        let signature = minisign::sign(
+            Some(&self.keys.pk),
+            &self.keys.sk,
+            Cursor::new(text.as_bytes()),
+            Some(&bundle.trusted_comment().to_string()),
+            Some("muster bundle signature"),
+        )
+        .unwrap();
+        SignedBundle {
+            bundle: text,
+            signature: signature.into_string(),
+        }
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// Converges a one-resource bundle and returns its report.
