@@ -393,7 +393,9 @@ mod tests {
         // rather than a link. Either way the write fails.
         let message = failed[0].1.to_string();
         assert!(
-            message.contains("symbolic link") || message.contains("No such file"),
+            message.contains("symbolic link")
+                || message.contains("is missing")
+                || message.contains("No such file"),
             "{message}"
         );
         assert_eq!(names(&scratch.0.join("real-etc")), ["motd"]);
