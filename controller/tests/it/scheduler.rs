@@ -512,3 +512,138 @@ backends!(
         }
     }
 );
+
+/// A real `muster serve` process, killed on drop.
+struct ServeProcess {
+    child: std::process::Child,
+    data_dir: std::path::PathBuf,
+}
+
+impl ServeProcess {
+    fn start(harness: &Harness, data_dir: std::path::PathBuf) -> ServeProcess {
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_muster"))
+            .arg("serve")
+            .arg("--repo")
+            .arg(harness.repo.path())
+            .args(["--branch", "main", "--listen", "127.0.0.1:0"])
+            .args(["--fetch-interval", "1s"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--database-url", &harness.db_url])
+            .env("MUSTER_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("muster serve starts");
+        ServeProcess { child, data_dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two real `muster serve` processes on one PostgreSQL database, on the
+/// real clock, with a script due every minute: each slot runs once, and
+/// when the leader is killed with SIGKILL (its advisory lock dies with its
+/// connection) the other process schedules the next slots, still once.
+/// Waits for real minute boundaries, so it takes two to three minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serve_processes_on_postgres_schedule_each_slot_once_across_a_kill() {
+    let Some(db) = TestDb::postgres().await else {
+        eprintln!(
+            "skipped: set {} to run on PostgreSQL",
+            crate::db::POSTGRES_ENV
+        );
+        return;
+    };
+    // The in-process controller sets up the repo, database and hosts; its
+    // scheduler's clock stands still, and it is stopped before the real
+    // processes start, so that it never leads.
+    let clock = Arc::new(ManualClock::new(start_time()));
+    let mut harness = start(db, &clock).await;
+    let host_ids = hosts(&harness, "web", &["web-01", "web-02"]).await;
+    schedule_every_minute(&harness, "0s", "rollout:\n  max_parallel: 10").await;
+    harness.stop_controller().await;
+    let store = harness.store.clone();
+
+    let base = harness.data_dir().to_path_buf();
+    let mut replicas = vec![
+        ServeProcess::start(&harness, base.with_file_name("replica-a")),
+        ServeProcess::start(&harness, base.with_file_name("replica-b")),
+    ];
+    let first = eventually_for(
+        "a real process to schedule a slot",
+        Duration::from_secs(180),
+        || async { scheduled(&store).await.keys().next().copied() },
+    )
+    .await;
+    let slots: Vec<i64> = scheduled(&store).await.keys().copied().collect();
+    assert_once_each(&store, &slots, &host_ids).await;
+
+    // The leader is the replica whose audit repository holds the slot.
+    let leader = replicas
+        .iter()
+        .position(|replica| {
+            audited(&replica.data_dir).contains_key(&slot_request_id(SCRIPT, first))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no replica audited slot {first}:\n{}\n{}",
+                replicas[0].log(),
+                replicas[1].log()
+            )
+        });
+    let mut killed = replicas.remove(leader);
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let survivor = &replicas[0];
+
+    let last_before_kill = *slots.last().unwrap();
+    let after = eventually_for(
+        "the surviving process to schedule the next slot",
+        Duration::from_secs(180),
+        || async {
+            scheduled(&store)
+                .await
+                .keys()
+                .copied()
+                .find(|slot| *slot > last_before_kill)
+        },
+    )
+    .await;
+    let slots: Vec<i64> = scheduled(&store).await.keys().copied().collect();
+    assert_once_each(&store, &slots, &host_ids).await;
+    assert!(
+        audited(&survivor.data_dir).contains_key(&slot_request_id(SCRIPT, after)),
+        "the survivor audited slot {after}:\n{}",
+        survivor.log()
+    );
+    // Across both repositories, every slot is audited exactly once.
+    let mut n_records = 0;
+    let mut request_ids = BTreeSet::new();
+    for dir in [&killed.data_dir, &survivor.data_dir] {
+        let records = audited(dir);
+        n_records += records.len();
+        request_ids.extend(records.into_keys());
+    }
+    assert_eq!(n_records, request_ids.len(), "a slot audited twice");
+    let wanted: BTreeSet<String> = slots
+        .iter()
+        .map(|slot| slot_request_id(SCRIPT, *slot))
+        .collect();
+    assert_eq!(request_ids, wanted);
+    drop(replicas);
+    drop(killed);
+    harness.stop().await;
+}
