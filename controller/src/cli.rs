@@ -19,6 +19,13 @@ pub enum Command {
     /// Exits 0 when the repo is valid, 1 when it has errors, 2 when it
     /// cannot be read.
     Validate(ValidateArgs),
+    /// Preview what a change to the fleet repo does, host by host.
+    ///
+    /// Compiles the base and head revisions for every host of an inventory
+    /// (from `muster hosts export`) with the controller's compiler and
+    /// prints the difference. With `--exit-code`: 0 no change, 1 changes;
+    /// 2 on any error, and always when the head is invalid.
+    Plan(PlanArgs),
     /// Print the JSON Schema of fleet documents, for editors.
     Schema(SchemaArgs),
     /// Create the data directory and the bundle signing key.
@@ -330,6 +337,15 @@ pub struct TokenCreateArgs {
 pub enum HostsCommand {
     /// List hosts with their state and bundle.
     List(DataOnly),
+    /// Write the inventory of approved hosts (names, ids, labels, facts)
+    /// as JSON, for `muster plan --inventory`.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Show one host: facts, labels, bundle, last report.
     Show {
         name: String,
@@ -386,6 +402,45 @@ pub struct ValidateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The Git repository (a clone; bare or not).
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// The fleet repo's directory inside the repository.
+    #[arg(long, value_name = "SUBDIR")]
+    pub path: Option<String>,
+    /// The revision the change starts from, such as `origin/main`.
+    #[arg(long)]
+    pub base: String,
+    /// The revision to preview, such as `HEAD`.
+    #[arg(long)]
+    pub head: String,
+    /// The hosts to compile for: a file written by `muster hosts export`.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+    /// Exit 1 when the plan has changes, 0 when it has none.
+    #[arg(long)]
+    pub exit_code: bool,
+    /// The time next runs of schedules are counted from (RFC 3339), for
+    /// reproducible output; now when not given.
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// Readable in a terminal.
+    Text,
+    /// For a pull-request comment.
+    Markdown,
+    /// One JSON document, for tools (see docs/plan.md).
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -145,6 +145,16 @@ fn targets_contain(
     included && !excluded
 }
 
+/// Whether the group named `group` holds `host`; `false` when there is no
+/// such group.
+pub fn in_group(model: &FleetModel, group: &str, host: &HostInput) -> bool {
+    let labels = effective_labels(model, host);
+    model
+        .groups
+        .get(group)
+        .is_some_and(|spec| group_contains(spec, &host.name, &labels))
+}
+
 fn group_contains(group: &GroupSpec, name: &str, labels: &BTreeMap<String, String>) -> bool {
     group.hosts.iter().any(|host| host == name)
         || group

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod compile;
 pub mod jobs;
+pub mod plan;
 pub mod rbac;
 pub mod reconcile;
 pub mod repo;
@@ -105,6 +106,7 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         cli::Command::Validate(args) => commands::validate::run(&args),
+        cli::Command::Plan(args) => commands::plan::run(&args),
         cli::Command::Schema(args) => commands::schema::run(&args),
         cli::Command::Init(args) => runtime()?.block_on(commands::serve::init(&args.data)),
         cli::Command::Serve(args) => runtime()?.block_on(commands::serve::run(*args)),

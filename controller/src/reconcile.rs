@@ -246,39 +246,11 @@ impl Reconciler {
     }
 
     /// Loads a commit's model and the files its bundles inline.
-    async fn load(
-        &self,
-        commit: &str,
-    ) -> Result<(Option<(FleetModel, SourceMap)>, Vec<Diagnostic>), ReconcileError> {
+    async fn load(&self, commit: &str) -> Result<Loaded, ReconcileError> {
         let commit = commit.to_string();
-        self.blocking(move |source| -> Result<_, SourceError> {
-            let validation = source.snapshot(&commit)?.validate();
-            let Some(mut model) = validation.model else {
-                return Ok((None, validation.diagnostics));
-            };
-            let mut sources = SourceMap::default();
-            for path in referenced_files(&model) {
-                if let Some(bytes) = source.read_file(&commit, &path)? {
-                    sources.0.insert(path, bytes);
-                }
-            }
-            // Scripts run from the deployed model (ad-hoc runs, the
-            // scheduler): their `source` files are read at the same commit
-            // and inlined as their bodies. Validation found each file; one
-            // that is not UTF-8 leaves the script without a body, which a
-            // run then refuses.
-            for script in model.scripts.values_mut() {
-                if script.body.is_none()
-                    && let Some(path) = &script.source
-                    && let Some(bytes) = source.read_file(&commit, path)?
-                {
-                    script.body = String::from_utf8(bytes).ok();
-                }
-            }
-            Ok((Some((model, sources)), validation.diagnostics))
-        })
-        .await?
-        .map_err(ReconcileError::from)
+        self.blocking(move |source| load_commit(source, &commit))
+            .await?
+            .map_err(ReconcileError::from)
     }
 
     async fn try_commit(&self, head: CommitInfo) -> Result<(), ReconcileError> {
@@ -600,6 +572,37 @@ impl Reconciler {
         }
         Ok(())
     }
+}
+
+/// A loaded commit: its model, when it validates, and the files its bundles inline.
+pub type Loaded = (Option<(FleetModel, SourceMap)>, Vec<Diagnostic>);
+
+/// Loads a commit's model and the files its bundles inline: what the
+/// reconciler deploys and what `muster plan` compiles, so that both agree.
+pub fn load_commit(source: &GitSource, commit: &str) -> Result<Loaded, SourceError> {
+    let validation = source.snapshot(commit)?.validate();
+    let Some(mut model) = validation.model else {
+        return Ok((None, validation.diagnostics));
+    };
+    let mut sources = SourceMap::default();
+    for path in referenced_files(&model) {
+        if let Some(bytes) = source.read_file(commit, &path)? {
+            sources.0.insert(path, bytes);
+        }
+    }
+    // Scripts run from the deployed model (ad-hoc runs, the scheduler):
+    // their `source` files are read at the same commit and inlined as their
+    // bodies. Validation found each file; one that is not UTF-8 leaves the
+    // script without a body, which a run then refuses.
+    for script in model.scripts.values_mut() {
+        if script.body.is_none()
+            && let Some(path) = &script.source
+            && let Some(bytes) = source.read_file(commit, path)?
+        {
+            script.body = String::from_utf8(bytes).ok();
+        }
+    }
+    Ok((Some((model, sources)), validation.diagnostics))
 }
 
 /// The compiler's view of a host.

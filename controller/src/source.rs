@@ -247,6 +247,41 @@ impl GitSource {
         Ok(source)
     }
 
+    /// Opens an existing repository (a clone, bare or not) to read commits
+    /// from, as `muster plan` does: nothing is fetched or written, and
+    /// `fetch` must not be called on it. `subdir` is the fleet repo's
+    /// directory inside it, as for [`open`](Self::open).
+    pub fn open_local(path: &Path, subdir: Option<&str>) -> Result<GitSource, SourceError> {
+        let repo = Repository::open(path).map_err(|err| SourceError::Mirror {
+            path: path.to_path_buf(),
+            detail: format!("not a git repository: {}", err.message()),
+        })?;
+        let subdir = match subdir {
+            Some(subdir) => normalize_subdir(subdir)?,
+            None => None,
+        };
+        let url = path.display().to_string();
+        Ok(GitSource {
+            repo,
+            fetch_url: url.clone(),
+            display_url: url,
+            branch: "HEAD".to_string(),
+            subdir,
+            reported_missing_branch: AtomicBool::new(false),
+        })
+    }
+
+    /// The commit a revision names (`HEAD~1`, a branch, a tag, an id or an
+    /// abbreviation of one), as `git rev-parse` resolves it.
+    pub fn resolve(&self, revision: &str) -> Result<CommitInfo, SourceError> {
+        let unknown = || SourceError::UnknownCommit {
+            commit: revision.to_string(),
+        };
+        let object = self.repo.revparse_single(revision).map_err(|_| unknown())?;
+        let commit = object.peel_to_commit().map_err(|_| unknown())?;
+        Ok(commit_info(&commit))
+    }
+
     /// The tracked URL, without credentials.
     pub fn url(&self) -> &str {
         &self.display_url

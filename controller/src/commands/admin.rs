@@ -226,6 +226,7 @@ async fn find(store: &Store, name: &str) -> Result<HostRecord, Error> {
 pub async fn hosts(command: HostsCommand) -> Result<ExitCode, Error> {
     match command {
         HostsCommand::List(args) => list_hosts(&args.data).await,
+        HostsCommand::Export { output, data } => export_hosts(output.as_deref(), &data).await,
         HostsCommand::Show { name, data } => show_host(&name, &data).await,
         HostsCommand::Approve { names, data } => {
             set_state(&names, &data, HostState::Approved).await
@@ -312,6 +313,48 @@ async fn list_hosts(data: &DataArgs) -> Result<ExitCode, Error> {
         "no hosts yet: create a token with `muster token create` and enroll a host",
     );
     store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the inventory of approved hosts: the compiler's inputs, for
+/// `muster plan`.
+async fn export_hosts(
+    output: Option<&std::path::Path>,
+    data: &DataArgs,
+) -> Result<ExitCode, Error> {
+    let store = open_store(data).await?;
+    let mut hosts: Vec<crate::plan::InventoryHost> = store
+        .hosts()
+        .await?
+        .into_iter()
+        .filter(|host| host.state == HostState::Approved)
+        .map(|host| crate::plan::InventoryHost {
+            name: host.name,
+            id: host.id,
+            labels: host.labels,
+            facts: host.facts,
+        })
+        .collect();
+    store.close().await;
+    hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    let inventory = crate::plan::Inventory {
+        version: crate::plan::FORMAT_VERSION,
+        hosts,
+    };
+    let mut text = serde_json::to_string_pretty(&inventory).unwrap_or_default();
+    text.push('\n');
+    match output {
+        Some(path) => {
+            std::fs::write(path, text)
+                .map_err(|err| Error::io(format!("cannot write `{}`", path.display()), err))?;
+            eprintln!(
+                "wrote {} hosts to {}",
+                inventory.hosts.len(),
+                path.display()
+            );
+        }
+        None => print!("{text}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

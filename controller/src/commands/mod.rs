@@ -3,6 +3,7 @@
 pub mod actions;
 pub mod admin;
 pub mod audit;
+pub mod plan;
 pub mod quickstart;
 pub mod schedules;
 pub mod schema;
