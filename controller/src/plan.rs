@@ -123,7 +123,8 @@ impl fmt::Display for PlanError {
                     writeln!(f, "{diagnostic}")?;
                 }
                 let n_errors = diagnostics.iter().filter(|d| d.is_error()).count();
-                write!(f, "error: {what} ({n_errors} errors)")
+                let noun = if n_errors == 1 { "error" } else { "errors" };
+                write!(f, "error: {what} ({n_errors} {noun})")
             }
         }
     }
@@ -164,7 +165,8 @@ pub struct Summary {
     pub hosts_affected: usize,
     /// Per group of the head (and groups the head removed).
     pub groups: Vec<GroupImpact>,
-    /// Distinct resource ids added, changed and removed on some host.
+    /// Distinct resource ids added, changed and removed on at least one
+    /// host each.
     pub resources_added: usize,
     pub resources_changed: usize,
     pub resources_removed: usize,
@@ -635,14 +637,12 @@ fn summarize(
             }
         }
     }
+    // A resource added on some hosts and removed from others (a selector
+    // change) counts in both.
     for kinds in kinds.values() {
-        if kinds.contains(&ChangeKind::Changed) || kinds.len() > 1 {
-            summary.resources_changed += 1;
-        } else if kinds.contains(&ChangeKind::Added) {
-            summary.resources_added += 1;
-        } else {
-            summary.resources_removed += 1;
-        }
+        summary.resources_added += usize::from(kinds.contains(&ChangeKind::Added));
+        summary.resources_changed += usize::from(kinds.contains(&ChangeKind::Changed));
+        summary.resources_removed += usize::from(kinds.contains(&ChangeKind::Removed));
     }
     let mut targeting: BTreeMap<String, TargetingChange> = BTreeMap::new();
     for host in hosts {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::cli::{PlanArgs, PlanFormat};
-use crate::plan::{self, Inventory, ItemChange, Plan, PlanError};
+use crate::plan::{self, ChangeKind, Inventory, ItemChange, Plan, PlanError};
 use crate::source::GitSource;
 use crate::{EXIT_ERROR, Error};
 
@@ -179,14 +179,8 @@ pub fn render_text(plan: &Plan) -> String {
 
 fn text_change(out: &mut String, change: &ItemChange) {
     let _ = writeln!(out, "  {} {}", change.kind.sign(), change.id);
-    for field in &change.fields {
-        let _ = writeln!(
-            out,
-            "      {}: {} -> {}",
-            field.field,
-            field_text(field.before.as_ref()),
-            field_text(field.after.as_ref())
-        );
+    for line in field_lines(change) {
+        let _ = writeln!(out, "      {line}");
     }
     if let Some(runs) = &change.next_runs {
         let _ = writeln!(out, "      next runs before: {}", runs_text(&runs.before));
@@ -196,6 +190,36 @@ fn text_change(out: &mut String, change: &ItemChange) {
         for line in diff.lines() {
             let _ = writeln!(out, "      {line}");
         }
+    }
+}
+
+/// The fields of a change as people read them: `before -> after` for a
+/// change; the set fields of an added item (empty and false ones left
+/// out); nothing for a removed one, whose id says it all.
+fn field_lines(change: &ItemChange) -> Vec<String> {
+    match change.kind {
+        ChangeKind::Changed => change
+            .fields
+            .iter()
+            .map(|field| {
+                format!(
+                    "{}: {} -> {}",
+                    field.field,
+                    field_text(field.before.as_ref()),
+                    field_text(field.after.as_ref())
+                )
+            })
+            .collect(),
+        ChangeKind::Added => change
+            .fields
+            .iter()
+            .filter_map(|field| {
+                let value = field.after.as_deref()?;
+                (!matches!(value, "[]" | "{}" | "false" | "\"\""))
+                    .then(|| format!("{}: {value}", field.field))
+            })
+            .collect(),
+        ChangeKind::Removed => Vec::new(),
     }
 }
 
@@ -277,7 +301,9 @@ pub fn render_markdown(plan: &Plan) -> String {
     if !plan.rbac.is_empty() {
         out.push_str("#### Access (RBAC)\n\n");
         for change in &plan.rbac {
-            let _ = writeln!(out, "- `{}`", change.text);
+            // The text's `+ `/`- ` sign would start a nested list.
+            let text = change.text.get(2..).unwrap_or(&change.text);
+            let _ = writeln!(out, "- {text}");
         }
         out.push('\n');
     }
@@ -322,14 +348,8 @@ pub fn render_markdown(plan: &Plan) -> String {
 
 fn markdown_change(out: &mut String, change: &ItemChange) {
     let _ = writeln!(out, "- `{} {}`", change.kind.sign(), change.id);
-    for field in &change.fields {
-        let _ = writeln!(
-            out,
-            "  - {}: `{}` → `{}`",
-            field.field,
-            field_text(field.before.as_ref()).replace('`', "'"),
-            field_text(field.after.as_ref()).replace('`', "'")
-        );
+    for line in field_lines(change) {
+        let _ = writeln!(out, "  - `{}`", line.replace('`', "'"));
     }
     if let Some(runs) = &change.next_runs {
         let _ = writeln!(out, "  - next runs before: {}", runs_text(&runs.before));

@@ -13,6 +13,7 @@ mod db;
 mod harness;
 mod jobs;
 mod jobs_store;
+mod plan;
 mod quickstart;
 mod rbac;
 mod robustness;

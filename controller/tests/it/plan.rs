@@ -1,0 +1,263 @@
+//! `muster plan`, data-driven: real git commits made from
+//! `examples/fleet-repo` plus an edit, the fixed inventory in
+//! `tests/plan/inventory.json`, and the exact output of the real binary,
+//! compared with the snapshots in `tests/plan/`. Run with
+//! `UPDATE_SNAPSHOTS=1` to rewrite the snapshots, then read the diff.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::cli::muster_command;
+use crate::support::git::{Change, TestRepo, example_repo};
+
+/// Schedules' next runs are counted from this time, so that snapshots hold.
+const NOW: &str = "2026-11-29T12:00:00Z";
+
+fn plan_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plan")
+}
+
+/// A text edit of one example file: replace `from` (which must occur) by `to`.
+struct Edit {
+    path: &'static str,
+    from: &'static str,
+    to: &'static str,
+}
+
+struct Case {
+    name: &'static str,
+    edits: &'static [Edit],
+    /// Also snapshot the markdown format.
+    markdown: bool,
+}
+
+const CASES: &[Case] = &[
+    // The nginx template only reaches the web group.
+    Case {
+        name: "template_change",
+        edits: &[Edit {
+            path: "files/nginx/shop.conf.tmpl",
+            from: "    root /var/www/shop;\n",
+            to: "    root /var/www/shop;\n    client_max_body_size 10m;\n",
+        }],
+        markdown: true,
+    },
+    // nginx-site moves from the web group to the Debian hosts: web-03
+    // (Ubuntu) leaves it, db-01 joins it.
+    Case {
+        name: "selector_change",
+        edits: &[Edit {
+            path: "policies/nginx.yaml",
+            from: "targets:\n  groups: [web]\n",
+            to: "targets:\n  selector:\n    os: debian\n",
+        }],
+        markdown: false,
+    },
+    Case {
+        name: "resource_removed",
+        edits: &[Edit {
+            path: "policies/nginx.yaml",
+            from: "  - file:\n      path: /var/www/shop/index.html\n      mode: \"0644\"\n      content: |\n        <!doctype html>\n        <title>Shop</title>\n        <p>Served by muster.</p>\n      depends_on: [\"directory:/var/www/shop\"]\n",
+            to: "",
+        }],
+        markdown: false,
+    },
+    // Two policies declare /etc/motd differently on the web hosts: the
+    // controller would reject the commit, and so does the plan.
+    Case {
+        name: "conflict",
+        edits: &[Edit {
+            path: "policies/nginx.yaml",
+            from: "resources:\n  - package:\n      name: nginx\n",
+            to: "resources:\n  - package:\n      name: nginx\n  - file:\n      path: /etc/motd\n      content: \"web\\n\"\n",
+        }],
+        markdown: false,
+    },
+    Case {
+        name: "schedule_change",
+        edits: &[Edit {
+            path: "scripts/log-cleanup.yaml",
+            from: "schedule: \"30 3 * * *\"     # every day at 03:30\ntimezone: Europe/Berlin\n",
+            to: "schedule: \"0 4 * * 1\"     # Mondays at 04:00\ntimezone: America/New_York\n",
+        }],
+        markdown: false,
+    },
+    // The web team may now operate the db hosts too.
+    Case {
+        name: "rbac_grant",
+        edits: &[Edit {
+            path: "rbac/bindings.yaml",
+            from: "scope:\n  groups: [web]\n",
+            to: "scope:\n  groups: [web, db]\n",
+        }],
+        markdown: true,
+    },
+    // Comments and blank lines only: nothing to deploy.
+    Case {
+        name: "noop",
+        edits: &[
+            Edit {
+                path: "policies/nginx.yaml",
+                from: "resources:\n",
+                to: "\n# What every web host gets.\nresources:\n",
+            },
+            Edit {
+                path: "groups.yaml",
+                from: "name: db\n",
+                to: "name: db   \n",
+            },
+        ],
+        markdown: false,
+    },
+];
+
+/// The base and head commits of a case, in a new repository.
+fn commits(case: &Case) -> (TestRepo, String, String) {
+    let repo = TestRepo::from_example(&format!("plan-{}", case.name));
+    let base = repo.tip("main").expect("the example is committed");
+    let mut changes = Vec::new();
+    for edit in case.edits {
+        let path = example_repo().join(edit.path);
+        let text = changes
+            .iter()
+            .rev()
+            .find_map(|(p, c): &(String, Change)| match c {
+                Change::File(bytes) if p == edit.path => {
+                    Some(String::from_utf8(bytes.clone()).expect("utf-8"))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| std::fs::read_to_string(&path).expect("example file reads"));
+        assert!(
+            text.contains(edit.from),
+            "{}: `{}` has no {:?}",
+            case.name,
+            edit.path,
+            edit.from
+        );
+        changes.push((
+            edit.path.to_string(),
+            Change::file(text.replacen(edit.from, edit.to, 1)),
+        ));
+    }
+    let head = repo.commit(&format!("plan case {}", case.name), &changes);
+    (repo, base, head)
+}
+
+/// Runs `muster plan --exit-code` and returns its exit code and stdout,
+/// with the commit ids replaced by `BASE` and `HEAD` so that snapshots
+/// do not change with the example repo.
+fn plan(repo: &Path, base: &str, head: &str, format: &str) -> (i32, String) {
+    let output = muster_command()
+        .arg("plan")
+        .arg("--repo")
+        .arg(repo)
+        .args(["--base", base, "--head", head, "--format", format])
+        .arg("--inventory")
+        .arg(plan_dir().join("inventory.json"))
+        .args(["--now", NOW, "--exit-code"])
+        .output()
+        .expect("muster runs");
+    let stdout = String::from_utf8_lossy(&output.stdout)
+        .replace(base, "BASE")
+        .replace(&base[..12], "BASE")
+        .replace(head, "HEAD")
+        .replace(&head[..12], "HEAD");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.is_empty(), "muster plan wrote to stderr: {stderr}");
+    (output.status.code().expect("muster exits"), stdout)
+}
+
+/// Compares `actual` with the snapshot `name`, or rewrites it when
+/// `UPDATE_SNAPSHOTS` is set. Returns a message when they differ.
+fn check_snapshot(name: &str, actual: &str) -> Option<String> {
+    let path = plan_dir().join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).expect("snapshot writes");
+        return None;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    (expected != actual).then(|| {
+        format!(
+            "{name} differs from its snapshot (UPDATE_SNAPSHOTS=1 rewrites it)\n--- expected\n{expected}\n--- actual\n{actual}"
+        )
+    })
+}
+
+#[test]
+fn plans_match_their_snapshots() {
+    let mut failures = Vec::new();
+    for case in CASES {
+        let (repo, base, head) = commits(case);
+        let (code, text) = plan(repo.path(), &base, &head, "text");
+        failures.extend(check_snapshot(
+            &format!("{}.txt", case.name),
+            &format!("exit: {code}\n{text}"),
+        ));
+        if case.markdown {
+            let (code, markdown) = plan(repo.path(), &base, &head, "markdown");
+            failures.extend(check_snapshot(
+                &format!("{}.md", case.name),
+                &format!("<!-- exit: {code} -->\n{markdown}"),
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn exit_codes_follow_git_diff() {
+    let expected = [
+        ("template_change", 1),
+        ("selector_change", 1),
+        ("resource_removed", 1),
+        ("conflict", 2),
+        ("schedule_change", 1),
+        ("rbac_grant", 1),
+        ("noop", 0),
+    ];
+    for (name, code) in expected {
+        let case = CASES.iter().find(|c| c.name == name).expect("case exists");
+        let (repo, base, head) = commits(case);
+        assert_eq!(plan(repo.path(), &base, &head, "text").0, code, "{name}");
+    }
+}
+
+#[test]
+fn json_plan_is_versioned_and_lists_grouped_hosts() {
+    let case = &CASES[0];
+    let (repo, base, head) = commits(case);
+    let (code, text) = plan(repo.path(), &base, &head, "json");
+    assert_eq!(code, 1);
+    let plan: serde_json::Value = serde_json::from_str(&text).expect("the plan is JSON");
+    assert_eq!(plan["version"], 1);
+    assert_eq!(plan["summary"]["hosts_total"], 5);
+    assert_eq!(plan["summary"]["hosts_affected"], 3);
+    let groups = plan["host_changes"].as_array().expect("host_changes");
+    // web-01 has its own server name: two groups of hosts.
+    assert_eq!(groups.len(), 2, "{text}");
+    assert_eq!(groups[0]["hosts"], serde_json::json!(["web-02", "web-03"]));
+}
+
+#[test]
+fn an_invalid_head_prints_every_diagnostic_and_exits_2() {
+    let repo = TestRepo::from_example("plan-invalid");
+    let base = repo.tip("main").expect("committed");
+    let head = repo.commit(
+        "break two documents",
+        &[
+            (
+                "groups.yaml".to_string(),
+                Change::file("apiVersion: muster/v1\nkind: Group\nname: web\nselecter: {}\n"),
+            ),
+            (
+                "policies/motd.yaml".to_string(),
+                Change::file("apiVersion: muster/v1\nkind: Policy\nname: motd\ntargets: 3\n"),
+            ),
+        ],
+    );
+    let (code, text) = plan(repo.path(), &base, &head, "text");
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("groups.yaml:"), "{text}");
+    assert!(text.contains("policies/motd.yaml:"), "{text}");
+    assert!(text.contains("the head does not validate"), "{text}");
+}
