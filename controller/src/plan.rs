@@ -23,7 +23,7 @@ use similar::TextDiff;
 use crate::compile::{self, HostInput};
 use crate::rbac::{self, AccessRules};
 use crate::reconcile::{self, SourceMap};
-use crate::source::{GitSource, SourceError};
+use crate::source::{CommitInfo, GitSource, SourceError};
 
 /// The version of the inventory file and of the JSON plan.
 pub const FORMAT_VERSION: u32 = 1;
@@ -287,24 +287,18 @@ pub fn build(
     now: DateTime<Utc>,
 ) -> Result<Plan, PlanError> {
     let base_info = source.resolve(base)?;
-    let head_info = source.resolve(head)?;
     let hosts = inventory.inputs();
     let mut notes = Vec::new();
-
-    let (head_loaded, head_diagnostics) = reconcile::load_commit(source, &head_info.id)?;
-    let Some((head_model, head_sources)) = head_loaded else {
-        return Err(PlanError::InvalidHead(head_diagnostics));
-    };
-    for diagnostic in &head_diagnostics {
+    let compiled = compile_revision(source, head, inventory)?;
+    let head_info = compiled.commit;
+    for diagnostic in &compiled.diagnostics {
         if diagnostic.severity == Severity::Warning {
             notes.push(format!("head: {diagnostic}"));
         }
     }
-    let head_desired = compile::compile_all(&head_model, &head_sources, &hosts)
-        .map_err(PlanError::HeadDoesNotCompile)?;
     let head_side = Side {
-        model: Some(head_model),
-        desired: head_desired,
+        model: Some(compiled.model),
+        desired: compiled.desired,
     };
 
     let (base_loaded, _) = reconcile::load_commit(source, &base_info.id)?;
@@ -387,6 +381,40 @@ pub fn build(
         host_changes,
         fleet_changes,
         rbac,
+    })
+}
+
+/// A revision loaded, validated and compiled for every host.
+#[derive(Debug)]
+pub struct CompiledRevision {
+    pub commit: CommitInfo,
+    pub model: FleetModel,
+    /// The desired state of each host, by host id.
+    pub desired: BTreeMap<String, Desired>,
+    /// Warnings (a revision with errors is a [`PlanError`]).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Loads `revision` with [`reconcile::load_commit`] and compiles it with
+/// [`compile::compile_all`] for every host of `inventory`: the plan's head,
+/// exactly as the controller would deploy it.
+pub fn compile_revision(
+    source: &GitSource,
+    revision: &str,
+    inventory: &Inventory,
+) -> Result<CompiledRevision, PlanError> {
+    let commit = source.resolve(revision)?;
+    let (loaded, diagnostics) = reconcile::load_commit(source, &commit.id)?;
+    let Some((model, sources)) = loaded else {
+        return Err(PlanError::InvalidHead(diagnostics));
+    };
+    let desired = compile::compile_all(&model, &sources, &inventory.inputs())
+        .map_err(PlanError::HeadDoesNotCompile)?;
+    Ok(CompiledRevision {
+        commit,
+        model,
+        desired,
+        diagnostics,
     })
 }
 

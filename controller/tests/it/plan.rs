@@ -6,7 +6,15 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::support::cli::muster_command;
+use muster_controller::plan::{self, Inventory};
+use muster_controller::source::GitSource;
+use muster_controller::store::CommitState;
+use muster_schemas::bundle::SignedBundle;
+
+use crate::backends;
+use crate::db::TestDb;
+use crate::harness::{Harness, bundle_of};
+use crate::support::cli::{muster_command, succeeded};
 use crate::support::git::{Change, TestRepo, example_repo};
 
 /// Schedules' next runs are counted from this time, so that snapshots hold.
@@ -261,3 +269,75 @@ fn an_invalid_head_prints_every_diagnostic_and_exits_2() {
     assert!(text.contains("policies/motd.yaml:"), "{text}");
     assert!(text.contains("the head does not validate"), "{text}");
 }
+
+// Plan and controller agree: a real controller follows a real repo, and
+// after each commit the desired state it signed for every host equals the
+// plan's compiled head for that host, byte for byte in canonical JSON. The
+// inventory comes from `muster hosts export` on the controller's database.
+backends!(plan_and_controller_agree_byte_for_byte, |db: TestDb| {
+    async move {
+        let harness = Harness::start(db).await;
+        let web_token = harness.token(5, true, &[("role", "web")], 3600).await;
+        let db_token = harness.token(5, true, &[("role", "db")], 3600).await;
+        let hosts = vec![
+            harness.enroll(&web_token, "web-01").await,
+            harness.enroll(&web_token, "web-02").await,
+            harness.enroll(&db_token, "db-01").await,
+        ];
+        for host in &hosts {
+            harness.stored_bundle(&host.host_id, 0).await;
+        }
+        let export = muster_command()
+            .args(["hosts", "export"])
+            .env("MUSTER_DATA_DIR", harness.data_dir())
+            .env("MUSTER_DATABASE_URL", &harness.db_url)
+            .output()
+            .expect("muster runs");
+        let inventory = Inventory::from_json(&succeeded(&export)).expect("the export reads");
+        assert_eq!(inventory.hosts.len(), 3);
+        assert_eq!(inventory.hosts[0].name, "db-01", "sorted by name");
+        assert_eq!(inventory.hosts[0].labels["role"], "db");
+        assert_eq!(inventory.hosts[0].facts["os"], "debian");
+
+        let edits: [&[(&str, &str, &str)]; 3] = [
+            &[(
+                "files/nginx/shop.conf.tmpl",
+                "    root /var/www/shop;\n",
+                "    root /var/www/shop;\n    gzip on;\n",
+            )],
+            &[("policies/nginx.yaml", "groups: [web]", "groups: [db]")],
+            &[
+                (
+                    "policies/motd.yaml",
+                    "mode: \"0644\"",
+                    "mode: \"0640\"\n      owner: root",
+                ),
+                ("hosts/web-01.yaml", "shop.example.com", "www.example.com"),
+            ],
+        ];
+        for (index, edit) in edits.iter().enumerate() {
+            for (path, from, to) in *edit {
+                harness.repo.edit(path, from, to);
+            }
+            let commit = harness.repo.commit_all(&format!("agreement {index}"));
+            let record = harness.commit_state(&commit).await;
+            assert_eq!(record.state, CommitState::Deployed, "{record:?}");
+            let source = GitSource::open_local(harness.repo.path(), None).unwrap();
+            let planned = plan::compile_revision(&source, &commit, &inventory).unwrap();
+            for host in &hosts {
+                let stored = harness.store.bundle(&host.host_id).await.unwrap().unwrap();
+                let deployed = bundle_of(&SignedBundle {
+                    bundle: stored.bundle,
+                    signature: stored.signature,
+                });
+                assert_eq!(
+                    deployed.desired.to_canonical_json(),
+                    planned.desired[&host.host_id].to_canonical_json(),
+                    "commit {index}, host {}",
+                    host.name
+                );
+            }
+        }
+        harness.stop().await;
+    }
+});
