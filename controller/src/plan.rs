@@ -749,11 +749,20 @@ fn fleet_changes(base: &FleetModel, head: &FleetModel, now: DateTime<Utc>) -> Ve
         "alert-rule",
         &base.alert_rules,
         &head.alert_rules,
+        &[],
     );
-    compare_documents(&mut changes, "channel", &base.channels, &head.channels);
-    compare_documents(&mut changes, "window", &base.windows, &head.windows);
-    compare_documents(&mut changes, "group", &base.groups, &head.groups);
-    compare_documents(&mut changes, "host", &base.hosts, &head.hosts);
+    compare_documents(&mut changes, "channel", &base.channels, &head.channels, &[]);
+    compare_documents(&mut changes, "window", &base.windows, &head.windows, &[]);
+    compare_documents(&mut changes, "group", &base.groups, &head.groups, &[]);
+    // A host document's resources show in its host's changes, where file
+    // content is diffed and secrets are redacted; here they would not be.
+    compare_documents(
+        &mut changes,
+        "host",
+        &base.hosts,
+        &head.hosts,
+        &["resources"],
+    );
     changes
 }
 
@@ -766,6 +775,7 @@ fn compare_documents<T: Serialize + PartialEq>(
     kind: &str,
     base: &BTreeMap<String, T>,
     head: &BTreeMap<String, T>,
+    skip: &[&str],
 ) {
     for name in keys(base, head) {
         let (old, new) = (base.get(name), head.get(name));
@@ -776,7 +786,7 @@ fn compare_documents<T: Serialize + PartialEq>(
         changes.push(item(
             &format!("{kind}:{name}"),
             kind_of(old, new),
-            field_changes(old_value.as_ref(), new_value.as_ref(), &[]),
+            field_changes(old_value.as_ref(), new_value.as_ref(), skip),
         ));
     }
 }

@@ -99,6 +99,16 @@ const CASES: &[Case] = &[
         }],
         markdown: true,
     },
+    // A secret's content never reaches the plan.
+    Case {
+        name: "secret_added",
+        edits: &[Edit {
+            path: "policies/motd.yaml",
+            from: "      mode: \"0644\"\n",
+            to: "      mode: \"0644\"\n  - file:\n      path: /etc/app/api.key\n      content: \"hunter2\\n\"\n      secret: true\n",
+        }],
+        markdown: false,
+    },
     // Comments and blank lines only: nothing to deploy.
     Case {
         name: "noop",
@@ -197,6 +207,7 @@ fn plans_match_their_snapshots() {
     for case in CASES {
         let (repo, base, head) = commits(case);
         let (code, text) = plan(repo.path(), &base, &head, "text");
+        assert!(!text.contains("hunter2"), "a secret leaked: {text}");
         failures.extend(check_snapshot(
             &format!("{}.txt", case.name),
             &format!("exit: {code}\n{text}"),
