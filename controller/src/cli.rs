@@ -419,8 +419,20 @@ pub struct PlanArgs {
     #[arg(long)]
     pub head: String,
     /// The hosts to compile for: a file written by `muster hosts export`.
-    #[arg(long, value_name = "FILE")]
-    pub inventory: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "controller",
+        conflicts_with = "controller"
+    )]
+    pub inventory: Option<PathBuf>,
+    /// Fetch the inventory from this controller instead (the approved hosts
+    /// the token holds `hosts:read` on).
+    #[arg(long, value_name = "URL")]
+    pub controller: Option<String>,
+    /// The API token for `--controller` [default: the saved login session].
+    #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     pub format: PlanFormat,

@@ -25,6 +25,33 @@ use crate::server::user_api::{
 /// The environment variable holding an API token for these commands.
 pub const TOKEN_ENV: &str = "MUSTER_TOKEN";
 
+/// The inventory of the hosts `token` (or, without one, `MUSTER_TOKEN` or
+/// the saved session) may read, from the controller at `server`: for
+/// `muster plan --controller`.
+pub async fn fetch_inventory(
+    server: &str,
+    token: Option<&str>,
+) -> Result<crate::plan::Inventory, Error> {
+    let api = match token.map(str::trim).filter(|token| !token.is_empty()) {
+        Some(token) => Api {
+            server: server.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http: http_client()?,
+        },
+        None => Api::connect(&ApiArgs {
+            server: Some(server.to_string()),
+        })?,
+    };
+    let inventory: crate::plan::Inventory = api.get("/v1/hosts/export").await?;
+    if inventory.version != crate::plan::FORMAT_VERSION {
+        return Err(Error::Usage(format!(
+            "{server} sent an inventory of version {}: use a muster of the same version as the controller",
+            inventory.version
+        )));
+    }
+    Ok(inventory)
+}
+
 /// How often `--wait` asks how an action is doing.
 const WAIT_POLL: Duration = Duration::from_millis(500);
 

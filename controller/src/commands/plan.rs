@@ -24,13 +24,26 @@ const MARKDOWN_HOSTS: usize = 20;
 const TEXT_HOSTS: usize = 50;
 
 pub fn run(args: &PlanArgs) -> Result<ExitCode, Error> {
-    let text = std::fs::read_to_string(&args.inventory).map_err(|err| {
-        Error::io(
-            format!("cannot read the inventory `{}`", args.inventory.display()),
-            err,
-        )
-    })?;
-    let inventory = Inventory::from_json(&text).map_err(Error::Usage)?;
+    let inventory = match (&args.inventory, &args.controller) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                Error::io(
+                    format!("cannot read the inventory `{}`", path.display()),
+                    err,
+                )
+            })?;
+            Inventory::from_json(&text).map_err(Error::Usage)?
+        }
+        (None, Some(server)) => crate::runtime()?.block_on(
+            crate::commands::actions::fetch_inventory(server, args.token.as_deref()),
+        )?,
+        (None, None) => {
+            return Err(Error::Usage(
+                "give the hosts: --inventory FILE (from `muster hosts export`) or --controller URL"
+                    .into(),
+            ));
+        }
+    };
     let now = match &args.now {
         Some(text) => DateTime::parse_from_rfc3339(text)
             .map_err(|err| Error::Usage(format!("`--now` is not an RFC 3339 time: {err}")))?

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/hosts", get(list_hosts))
+        .route("/v1/hosts/export", get(export_hosts))
         .route("/v1/hosts/{id}/approve", post(approve_host))
         .route("/v1/hosts/{id}/reject", post(reject_host))
         .route("/v1/tokens", get(list_tokens))
@@ -949,6 +950,41 @@ async fn list_hosts(
         .collect();
     shown.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(shown))
+}
+
+/// `GET /v1/hosts/export`: the inventory `muster plan` compiles for (as
+/// `muster hosts export` writes it): the approved hosts the caller holds
+/// `hosts:read` on, with their labels and facts.
+async fn export_hosts(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<crate::plan::Inventory>, ApiError> {
+    let caller = Caller::from(&principal);
+    let rules = state.access.current();
+    rules
+        .authorize(&caller, Permission::HostsRead, &[])
+        .map_err(denied)?;
+    let hosts = hosts_by_id(&state).await?;
+    let inputs: Vec<HostInput> = hosts
+        .values()
+        .filter(|host| host.state == HostState::Approved)
+        .map(host_input)
+        .collect();
+    let mut shown: Vec<crate::plan::InventoryHost> = rules
+        .hosts_in_scope(&caller, Permission::HostsRead, &inputs)
+        .into_iter()
+        .map(|input| crate::plan::InventoryHost {
+            name: input.name.clone(),
+            id: input.id.clone(),
+            labels: input.labels.clone(),
+            facts: input.facts.clone(),
+        })
+        .collect();
+    shown.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(crate::plan::Inventory {
+        version: crate::plan::FORMAT_VERSION,
+        hosts: shown,
+    }))
 }
 
 async fn approve_host(

@@ -14,7 +14,10 @@ use muster_schemas::bundle::SignedBundle;
 use crate::backends;
 use crate::db::TestDb;
 use crate::harness::{Harness, bundle_of};
-use crate::support::cli::{muster_command, succeeded};
+use muster_controller::server::user_auth::{LoginResponse, hash_password};
+
+use crate::support::TempDir;
+use crate::support::cli::{muster_command, output_text, succeeded};
 use crate::support::git::{Change, TestRepo, example_repo};
 
 /// Schedules' next runs are counted from this time, so that snapshots hold.
@@ -349,6 +352,86 @@ backends!(plan_and_controller_agree_byte_for_byte, |db: TestDb| {
                 );
             }
         }
+
+        // The same plan with the inventory fetched from the controller by a
+        // user holding `hosts:read` (carol is a fleet-wide viewer); a user
+        // without it is refused.
+        let now = muster_controller::server::now();
+        let hash = hash_password(PASSWORD).unwrap();
+        for user in ["carol", "mallory"] {
+            harness
+                .store
+                .add_user(user, &hash, false, now)
+                .await
+                .unwrap();
+        }
+        let inventory_file = TempDir::new("plan-inventory");
+        inventory_file.write("inventory.json", &export.stdout);
+        let repo_path = harness.repo.path().to_path_buf();
+        let run = |extra: Vec<String>| {
+            let repo_path = repo_path.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    muster_command()
+                        .arg("plan")
+                        .arg("--repo")
+                        .arg(&repo_path)
+                        .args(["--base", "HEAD~2", "--head", "HEAD", "--format", "json"])
+                        .args(extra)
+                        .env_remove("MUSTER_TOKEN")
+                        .output()
+                        .expect("muster runs")
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let from_file = run(vec![
+            "--inventory".into(),
+            inventory_file
+                .path()
+                .join("inventory.json")
+                .display()
+                .to_string(),
+        ])
+        .await;
+        let carol = login(&harness, "carol").await;
+        let from_controller = run(vec![
+            "--controller".into(),
+            harness.url.clone(),
+            "--token".into(),
+            carol,
+        ])
+        .await;
+        assert_eq!(succeeded(&from_controller), succeeded(&from_file));
+        let mallory = login(&harness, "mallory").await;
+        let refused = run(vec![
+            "--controller".into(),
+            harness.url.clone(),
+            "--token".into(),
+            mallory,
+        ])
+        .await;
+        assert_eq!(refused.status.code(), Some(2), "{}", output_text(&refused));
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("hosts:read"),
+            "{}",
+            output_text(&refused)
+        );
         harness.stop().await;
     }
 });
+
+const PASSWORD: &str = "correct horse battery staple";
+
+async fn login(harness: &Harness, user: &str) -> String {
+    let response = harness
+        .http
+        .post(format!("{}/v1/login", harness.url))
+        .json(&serde_json::json!({"user": user, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "login of {user}");
+    response.json::<LoginResponse>().await.unwrap().token
+}
