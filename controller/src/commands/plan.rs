@@ -20,6 +20,10 @@ const MARKDOWN_LIMIT: usize = 60_000;
 /// Host names listed per group of hosts in markdown before "N more hosts".
 const MARKDOWN_HOSTS: usize = 20;
 
+/// Lines of one diff shown in markdown, so that one large file does not
+/// fill the comment.
+const MARKDOWN_DIFF_LINES: usize = 150;
+
 /// Host names listed per group of hosts and per policy in text.
 const TEXT_HOSTS: usize = 50;
 
@@ -375,10 +379,19 @@ fn markdown_change(out: &mut String, change: &ItemChange) {
             fence.push('`');
         }
         let _ = write!(out, "\n  {fence}diff\n");
-        for line in diff.lines() {
+        let n_lines = diff.lines().count();
+        for line in diff.lines().take(MARKDOWN_DIFF_LINES) {
             let _ = writeln!(out, "  {line}");
         }
-        let _ = write!(out, "  {fence}\n\n");
+        let _ = writeln!(out, "  {fence}");
+        if n_lines > MARKDOWN_DIFF_LINES {
+            let _ = writeln!(
+                out,
+                "  _{} more lines of this diff: run `muster plan` for all of it._",
+                n_lines - MARKDOWN_DIFF_LINES
+            );
+        }
+        out.push('\n');
     }
 }
 
@@ -417,5 +430,101 @@ fn render_error(err: &PlanError, format: PlanFormat) -> String {
             text.push('\n');
             text
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{ChangeKind, HostChangeGroup, Revision, Summary};
+
+    fn plan_with(n_groups: usize, hosts_per_group: usize) -> Plan {
+        let diff = format!(
+            "--- /etc/app.conf\n+++ /etc/app.conf\n{}",
+            "+x\n".repeat(200)
+        );
+        Plan {
+            version: 1,
+            base: Revision {
+                id: "a".repeat(40),
+                summary: "base".into(),
+            },
+            head: Revision {
+                id: "b".repeat(40),
+                summary: "head".into(),
+            },
+            notes: Vec::new(),
+            summary: Summary {
+                hosts_total: n_groups * hosts_per_group,
+                hosts_affected: n_groups * hosts_per_group,
+                ..Summary::default()
+            },
+            host_changes: (0..n_groups)
+                .map(|group| HostChangeGroup {
+                    hosts: (0..hosts_per_group)
+                        .map(|host| format!("host-{group:04}-{host:04}"))
+                        .collect(),
+                    changes: vec![ItemChange {
+                        id: "file:/etc/app.conf".into(),
+                        kind: ChangeKind::Changed,
+                        fields: Vec::new(),
+                        diff: Some(format!("{diff}+{group}\n")),
+                        next_runs: None,
+                    }],
+                })
+                .collect(),
+            fleet_changes: Vec::new(),
+            rbac: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn markdown_is_cut_below_the_comment_limit_and_says_how_many_hosts_are_left() {
+        let markdown = render_markdown(&plan_with(500, 3));
+        assert!(markdown.len() <= MARKDOWN_LIMIT, "{}", markdown.len());
+        let shown = markdown.matches("<details>").count();
+        assert!(shown > 10 && shown < 500, "{shown} sections");
+        let left = (500 - shown) * 3;
+        assert!(
+            markdown.contains(&format!(
+                "_{left} more hosts with other changes are not shown"
+            )),
+            "{}",
+            &markdown[markdown.len() - 300..]
+        );
+        // Every section that is shown is closed.
+        assert_eq!(markdown.matches("</details>").count(), shown);
+    }
+
+    #[test]
+    fn long_host_lists_end_with_how_many_more() {
+        let markdown = render_markdown(&plan_with(1, 400));
+        assert!(
+            markdown.contains("host-0000-0019 and 380 more hosts</summary>"),
+            "{markdown}"
+        );
+        let text = render_text(&plan_with(1, 400));
+        assert!(
+            text.contains("host-0000-0049 and 350 more hosts\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_long_diff_is_cut_in_markdown() {
+        let markdown = render_markdown(&plan_with(1, 1));
+        assert!(
+            markdown.contains("_53 more lines of this diff: run `muster plan` for all of it._"),
+            "{markdown}"
+        );
+        assert!(render_text(&plan_with(1, 1)).contains("+0\n"));
+    }
+
+    #[test]
+    fn a_diff_holding_a_fence_gets_a_longer_fence() {
+        let mut plan = plan_with(1, 1);
+        plan.host_changes[0].changes[0].diff = Some("--- a\n+++ a\n+```\n".into());
+        let markdown = render_markdown(&plan);
+        assert!(markdown.contains("````diff\n"), "{markdown}");
     }
 }
