@@ -346,6 +346,10 @@ pub fn render_markdown(plan: &Plan) -> String {
         for change in &group.changes {
             markdown_change(&mut section, change);
         }
+        // A blank line ends the list, so that the tag closes the section.
+        if !section.ends_with("\n\n") {
+            section.push('\n');
+        }
         section.push_str("</details>\n\n");
         if out.len() + section.len() > MARKDOWN_LIMIT {
             let rest = &plan.host_changes[index..];
