@@ -301,16 +301,25 @@ pub fn build(
         desired: compiled.desired,
     };
 
-    let (base_loaded, _) = reconcile::load_commit(source, &base_info.id)?;
+    // A base without the fleet repo (the pull request that adds it) is
+    // an empty fleet, as is one that does not validate.
+    let base_loaded = match reconcile::load_commit(source, &base_info.id) {
+        Ok((Some(loaded), _)) => Ok(loaded),
+        Ok((None, _)) => Err("the base does not validate: it is compared as an empty fleet"),
+        Err(SourceError::MissingSubdir { .. }) => {
+            Err("the base has no fleet repo at the path: it is compared as an empty fleet")
+        }
+        Err(err) => return Err(err.into()),
+    };
     let base_side = match base_loaded {
-        None => {
-            notes.push("the base does not validate: it is compared as an empty fleet".into());
+        Err(note) => {
+            notes.push(note.to_string());
             Side {
                 model: None,
                 desired: BTreeMap::new(),
             }
         }
-        Some((model, sources)) => {
+        Ok((model, sources)) => {
             let desired = compile_or_note(&model, &sources, &hosts, &mut notes);
             Side {
                 model: Some(model),

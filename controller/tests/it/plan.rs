@@ -435,3 +435,49 @@ async fn login(harness: &Harness, user: &str) -> String {
     assert_eq!(response.status(), 200, "login of {user}");
     response.json::<LoginResponse>().await.unwrap().token
 }
+
+// The pull request that adds the fleet repo under a sub-directory: the base
+// has no fleet yet and is compared as an empty fleet.
+#[test]
+fn a_base_without_the_fleet_repo_is_an_empty_fleet() {
+    let repo = TestRepo::empty("plan-new-subdir");
+    let base = repo.commit(
+        "A readme",
+        &[("README".to_string(), Change::file("hello\n"))],
+    );
+    let changes: Vec<(String, Change)> = crate::support::git::files_of(&example_repo())
+        .into_iter()
+        .map(|(path, bytes)| (format!("fleet/{path}"), Change::File(bytes)))
+        .collect();
+    let head = repo.commit("Add the fleet repo", &changes);
+    let output = muster_command()
+        .arg("plan")
+        .arg("--repo")
+        .arg(repo.path())
+        .args([
+            "--path",
+            "fleet",
+            "--base",
+            &base,
+            "--head",
+            &head,
+            "--exit-code",
+        ])
+        .arg("--inventory")
+        .arg(plan_dir().join("inventory.json"))
+        .args(["--now", NOW])
+        .output()
+        .expect("muster runs");
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "note: the base has no fleet repo at the path: it is compared as an empty fleet"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("blast radius: 5 of 5 hosts affected"),
+        "{text}"
+    );
+}
