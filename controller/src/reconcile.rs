@@ -166,6 +166,11 @@ impl Reconciler {
         }
     }
 
+    /// The Git mirror, shared: `GET /v1/plan` reads commits from it.
+    pub fn source(&self) -> Arc<Mutex<GitSource>> {
+        Arc::clone(&self.source)
+    }
+
     /// Keeps the access rules of the deployed commit in `access`, the cell
     /// that request handlers read.
     pub fn with_access(mut self, access: Access) -> Self {

@@ -286,6 +286,17 @@ pub async fn start_with_clock(
         Some(remote) => AuditLog::in_data_dir(&config.data.data_dir).with_remote(remote),
         None => AuditLog::in_data_dir(&config.data.data_dir),
     };
+    let reconciler = Arc::new(
+        Reconciler::new(
+            store.clone(),
+            source,
+            Arc::clone(&key),
+            Arc::clone(&hub),
+            Arc::clone(&caches),
+            config.fetch_interval,
+        )
+        .with_access(access.clone()),
+    );
     let state = AppState {
         store: store.clone(),
         hub: Arc::clone(&hub),
@@ -300,6 +311,7 @@ pub async fn start_with_clock(
         user_auth: Arc::new(server::user_auth::UserAuth::new(config.user_auth.clone())),
         key: Arc::clone(&key),
         outcomes: crate::actions::Outcomes::default(),
+        source: reconciler.source(),
     };
     let outcomes = state.outcomes.clone();
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -308,17 +320,6 @@ pub async fn start_with_clock(
     let address = listener
         .local_addr()
         .map_err(|err| Error::io("cannot read the listening address", err))?;
-    let reconciler = Arc::new(
-        Reconciler::new(
-            store.clone(),
-            source,
-            Arc::clone(&key),
-            Arc::clone(&hub),
-            Arc::clone(&caches),
-            config.fetch_interval,
-        )
-        .with_access(access.clone()),
-    );
     // The rules of the commit in force apply from the first request; if
     // they cannot be loaded now, every run of the reconciler tries again.
     if let Err(err) = reconciler.load_deployed().await {

@@ -56,6 +56,8 @@ pub struct AppState {
     /// Wakes the recording of ended actions' outcomes in the audit
     /// repository.
     pub outcomes: crate::actions::Outcomes,
+    /// The reconciler's Git mirror, for `GET /v1/plan`.
+    pub source: Arc<std::sync::Mutex<crate::source::GitSource>>,
 }
 
 /// The whole HTTP surface.

@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/export", get(export_hosts))
+        .route("/v1/plan", get(plan_route))
         .route("/v1/hosts/{id}/approve", post(approve_host))
         .route("/v1/hosts/{id}/reject", post(reject_host))
         .route("/v1/tokens", get(list_tokens))
@@ -985,6 +986,95 @@ async fn export_hosts(
         version: crate::plan::FORMAT_VERSION,
         hosts: shown,
     }))
+}
+
+/// What `GET /v1/plan` takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanQuery {
+    /// Revisions of the tracked repository (commit ids, or the branch).
+    pub base: String,
+    pub head: String,
+    /// `json` (the default), `text` or `markdown`.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// `GET /v1/plan?base=REV&head=REV[&format=json|text|markdown]`: the plan
+/// `muster plan` makes, from the controller's mirror, for the approved
+/// hosts the caller holds `hosts:read` on; `commits:read` is needed. An
+/// invalid head answers 422 with its diagnostics.
+async fn plan_route(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<PlanQuery>,
+) -> Result<Response, ApiError> {
+    let caller = Caller::from(&principal);
+    let rules = state.access.current();
+    rules
+        .authorize(&caller, Permission::CommitsRead, &[])
+        .map_err(denied)?;
+    let format = query.format.clone().unwrap_or_else(|| "json".into());
+    if !matches!(format.as_str(), "json" | "text" | "markdown") {
+        return Err(ApiError::bad_request(
+            "`format` is one of json, text and markdown",
+        ));
+    }
+    let hosts = hosts_by_id(&state).await?;
+    let inputs: Vec<HostInput> = hosts
+        .values()
+        .filter(|host| host.state == HostState::Approved)
+        .map(host_input)
+        .collect();
+    let inventory = crate::plan::Inventory {
+        version: crate::plan::FORMAT_VERSION,
+        hosts: rules
+            .hosts_in_scope(&caller, Permission::HostsRead, &inputs)
+            .into_iter()
+            .map(|input| crate::plan::InventoryHost {
+                name: input.name.clone(),
+                id: input.id.clone(),
+                labels: input.labels.clone(),
+                facts: input.facts.clone(),
+            })
+            .collect(),
+    };
+    let source = Arc::clone(&state.source);
+    let now = chrono::Utc::now();
+    let built = tokio::task::spawn_blocking(move || {
+        let source = source.lock().unwrap_or_else(|p| p.into_inner());
+        crate::plan::build(&source, &query.base, &query.head, &inventory, now)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let plan = match built {
+        Ok(plan) => plan,
+        Err(crate::plan::PlanError::Source(crate::source::SourceError::UnknownCommit {
+            commit,
+        })) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no commit `{commit}` in the controller's mirror of the tracked branch"),
+            ));
+        }
+        Err(crate::plan::PlanError::Source(err)) => return Err(ApiError::internal(err)),
+        Err(
+            crate::plan::PlanError::InvalidHead(diagnostics)
+            | crate::plan::PlanError::HeadDoesNotCompile(diagnostics),
+        ) => {
+            let body = serde_json::json!({
+                "version": crate::plan::FORMAT_VERSION,
+                "error": "the head does not validate or compile",
+                "diagnostics": diagnostics,
+            });
+            return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
+        }
+    };
+    Ok(match format.as_str() {
+        "text" => crate::commands::plan::render_text(&plan).into_response(),
+        "markdown" => crate::commands::plan::render_markdown(&plan).into_response(),
+        _ => Json(plan).into_response(),
+    })
 }
 
 async fn approve_host(

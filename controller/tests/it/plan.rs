@@ -481,3 +481,109 @@ fn a_base_without_the_fleet_repo_is_an_empty_fleet() {
         "{text}"
     );
 }
+
+// `GET /v1/plan` on a running controller gives the plan `muster plan`
+// prints for the same commits and hosts; it needs `commits:read`, names
+// unknown commits, and answers an invalid head with its diagnostics.
+backends!(the_controller_serves_the_same_plan, |db: TestDb| {
+    async move {
+        let harness = Harness::start(db).await;
+        let web_token = harness.token(5, true, &[("role", "web")], 3600).await;
+        let db_token = harness.token(5, true, &[("role", "db")], 3600).await;
+        for (token, name) in [
+            (&web_token, "web-01"),
+            (&web_token, "web-02"),
+            (&db_token, "db-01"),
+        ] {
+            let host = harness.enroll(token, name).await;
+            harness.stored_bundle(&host.host_id, 0).await;
+        }
+        let local = GitSource::open_local(harness.repo.path(), None).unwrap();
+        let base = local.resolve("HEAD").unwrap().id;
+        harness.repo.edit(
+            "files/nginx/shop.conf.tmpl",
+            "    root /var/www/shop;\n",
+            "    root /var/www/shop;\n    gzip on;\n",
+        );
+        let head = harness.repo.commit_all("gzip");
+        assert_eq!(
+            harness.commit_state(&head).await.state,
+            CommitState::Deployed
+        );
+
+        let now = muster_controller::server::now();
+        let hash = hash_password(PASSWORD).unwrap();
+        for user in ["carol", "mallory"] {
+            harness
+                .store
+                .add_user(user, &hash, false, now)
+                .await
+                .unwrap();
+        }
+        let carol = login(&harness, "carol").await;
+        let get = |token: String, query: String| {
+            let http = harness.http.clone();
+            let url = format!("{}/v1/plan?{query}", harness.url);
+            async move {
+                let response = http.get(url).bearer_auth(token).send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            }
+        };
+        let (status, served) = get(
+            carol.clone(),
+            format!("base={base}&head={head}&format=text"),
+        )
+        .await;
+        assert_eq!(status, 200, "{served}");
+
+        let export = muster_command()
+            .args(["hosts", "export"])
+            .env("MUSTER_DATA_DIR", harness.data_dir())
+            .env("MUSTER_DATABASE_URL", &harness.db_url)
+            .output()
+            .expect("muster runs");
+        let inventory_file = TempDir::new("plan-route-inventory");
+        inventory_file.write("inventory.json", succeeded(&export));
+        let printed = muster_command()
+            .arg("plan")
+            .arg("--repo")
+            .arg(harness.repo.path())
+            .args(["--base", &base, "--head", &head])
+            .arg("--inventory")
+            .arg(inventory_file.path().join("inventory.json"))
+            .output()
+            .expect("muster runs");
+        assert_eq!(served, succeeded(&printed));
+        assert!(
+            served.contains("blast radius: 2 of 3 hosts affected"),
+            "{served}"
+        );
+
+        let (status, json) = get(carol.clone(), format!("base={base}&head={head}")).await;
+        assert_eq!(status, 200);
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(json["summary"]["hosts_affected"], 2);
+
+        let mallory = login(&harness, "mallory").await;
+        let (status, body) = get(mallory, format!("base={base}&head={head}")).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("commits:read"), "{body}");
+
+        let unknown = "0".repeat(40);
+        let (status, body) = get(carol.clone(), format!("base={base}&head={unknown}")).await;
+        assert_eq!(status, 404, "{body}");
+
+        harness
+            .repo
+            .edit("policies/nginx.yaml", "groups: [web]", "groups: [webb]");
+        let bad = harness.repo.commit_all("a group that does not exist");
+        assert_eq!(
+            harness.commit_state(&bad).await.state,
+            CommitState::Rejected
+        );
+        let (status, body) = get(carol, format!("base={head}&head={bad}")).await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body.contains("group `webb` does not exist"), "{body}");
+        harness.stop().await;
+    }
+});
