@@ -685,31 +685,32 @@ fn summarize(
     for host in hosts {
         let was = policies_of(base.get(&host.id));
         let is = policies_of(head.get(&host.id));
-        let entry = |policy: &String, targeting: &mut BTreeMap<String, TargetingChange>| {
-            targeting
-                .entry(policy.clone())
-                .or_insert_with(|| TargetingChange {
-                    policy: policy.clone(),
-                    newly_targeted: Vec::new(),
-                    no_longer_targeted: Vec::new(),
-                })
-                .clone()
-        };
         for policy in is.difference(&was) {
-            entry(policy, &mut targeting);
-            if let Some(change) = targeting.get_mut(policy) {
-                change.newly_targeted.push(host.name.clone());
-            }
+            targeting_change(&mut targeting, policy)
+                .newly_targeted
+                .push(host.name.clone());
         }
         for policy in was.difference(&is) {
-            entry(policy, &mut targeting);
-            if let Some(change) = targeting.get_mut(policy) {
-                change.no_longer_targeted.push(host.name.clone());
-            }
+            targeting_change(&mut targeting, policy)
+                .no_longer_targeted
+                .push(host.name.clone());
         }
     }
     summary.targeting = targeting.into_values().collect();
     summary
+}
+
+fn targeting_change<'t>(
+    targeting: &'t mut BTreeMap<String, TargetingChange>,
+    policy: &str,
+) -> &'t mut TargetingChange {
+    targeting
+        .entry(policy.to_string())
+        .or_insert_with(|| TargetingChange {
+            policy: policy.to_string(),
+            newly_targeted: Vec::new(),
+            no_longer_targeted: Vec::new(),
+        })
 }
 
 /// Documents that are not per host, compared field by field.
