@@ -1058,16 +1058,11 @@ async fn plan_route(
             ));
         }
         Err(crate::plan::PlanError::Source(err)) => return Err(ApiError::internal(err)),
-        Err(
-            crate::plan::PlanError::InvalidHead(diagnostics)
-            | crate::plan::PlanError::HeadDoesNotCompile(diagnostics),
-        ) => {
-            let body = serde_json::json!({
-                "version": crate::plan::FORMAT_VERSION,
-                "error": "the head does not validate or compile",
-                "diagnostics": diagnostics,
-            });
-            return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
+        Err(crate::plan::PlanError::InvalidHead(diagnostics)) => {
+            return Ok(invalid_head("invalid_head", &diagnostics));
+        }
+        Err(crate::plan::PlanError::HeadDoesNotCompile(diagnostics)) => {
+            return Ok(invalid_head("head_does_not_compile", &diagnostics));
         }
     };
     Ok(match format.as_str() {
@@ -1075,6 +1070,16 @@ async fn plan_route(
         "markdown" => crate::commands::plan::render_markdown(&plan).into_response(),
         _ => Json(plan).into_response(),
     })
+}
+
+/// 422 with the head's diagnostics, in the form of `muster plan --format json`.
+fn invalid_head(error: &str, diagnostics: &[muster_schemas::Diagnostic]) -> Response {
+    let body = serde_json::json!({
+        "version": crate::plan::FORMAT_VERSION,
+        "error": error,
+        "diagnostics": diagnostics,
+    });
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
 }
 
 async fn approve_host(

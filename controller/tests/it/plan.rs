@@ -584,6 +584,7 @@ backends!(the_controller_serves_the_same_plan, |db: TestDb| {
         let (status, body) = get(carol, format!("base={head}&head={bad}")).await;
         assert_eq!(status, 422, "{body}");
         assert!(body.contains("group `webb` does not exist"), "{body}");
+        assert!(body.contains("\"error\":\"invalid_head\""), "{body}");
         harness.stop().await;
     }
 });
