@@ -30,6 +30,9 @@ use crate::repo::Snapshot;
 
 /// Name of the one remote of the mirror.
 const REMOTE: &str = "origin";
+/// Where branches fetched for plans live in the mirror, apart from the
+/// tracked branch.
+const PLAN_REFS: &str = "refs/plan/";
 
 /// Set in the config of mirrors this module creates, so that it never
 /// adopts (and force-updates) a repository it did not make.
@@ -301,6 +304,53 @@ impl GitSource {
     /// tip; `None` when the remote has no such branch (yet), in which case
     /// the mirror forgets the branch too.
     pub fn fetch(&self) -> Result<Option<CommitInfo>, SourceError> {
+        // `+` force-updates the mirror's branch, so a rewritten history
+        // replaces the old one instead of failing as a non-fast-forward.
+        let branches = self.fetch_refspec(&format!("+{0}:{0}", self.branch_ref()))?;
+        if !branches.contains(&self.branch) {
+            // Once per absence, not at every poll of the interval.
+            if !self.reported_missing_branch.swap(true, Ordering::Relaxed) {
+                let shown = branches.len().min(10);
+                tracing::warn!(
+                    url = %self.display_url,
+                    branch = %self.branch,
+                    available = %branches[..shown].join(", "),
+                    "the tracked branch does not exist in the repository: push it, or track one \
+                     of the available branches"
+                );
+            }
+            self.forget_branch()?;
+            return Ok(None);
+        }
+        self.reported_missing_branch.store(false, Ordering::Relaxed);
+        self.head()
+    }
+
+    /// Fetches another branch of the tracked repository for a plan (a pull
+    /// request's branch), into the mirror's `refs/plan/` namespace, which
+    /// the reconciler never reads. Returns the revision naming it there, or
+    /// `None` when `branch` is not a branch name or the repository has no
+    /// such branch.
+    pub fn fetch_for_plan(&self, branch: &str) -> Result<Option<String>, SourceError> {
+        if !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+            return Ok(None);
+        }
+        let target = format!("{PLAN_REFS}{branch}");
+        let branches = self.fetch_refspec(&format!("+refs/heads/{branch}:{target}"))?;
+        if branches.iter().any(|name| name == branch) {
+            Ok(Some(target))
+        } else {
+            // A branch deleted since an earlier plan: forget its copy too.
+            if let Ok(mut stale) = self.repo.find_reference(&target) {
+                let _ = stale.delete();
+            }
+            Ok(None)
+        }
+    }
+
+    /// Fetches one refspec from the tracked repository; returns the names
+    /// of the branches it advertised.
+    fn fetch_refspec(&self, refspec: &str) -> Result<Vec<String>, SourceError> {
         // libgit2 takes a path that does not exist for a URL and reports an
         // unsupported protocol, which would send people looking elsewhere.
         if let Some(path) = local_path(&self.fetch_url)
@@ -326,38 +376,19 @@ impl GitSource {
             .remote_callbacks(callbacks)
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);
-        // `+` force-updates the mirror's branch, so a rewritten history
-        // replaces the old one instead of failing as a non-fast-forward.
-        let refspec = format!("+{0}:{0}", self.branch_ref());
         remote
-            .fetch(&[refspec.as_str()], Some(&mut options), None)
+            .fetch(&[refspec], Some(&mut options), None)
             .map_err(|err| self.fetch_error(&err))?;
         // The advertised refs stay readable after the fetch disconnects; a
         // refspec naming an absent branch fetches nothing without an error.
-        let branches: Vec<String> = remote
+        let branches = remote
             .list()
             .map_err(|err| SourceError::git("list the remote's branches", &err))?
             .iter()
             .filter_map(|head| head.name().strip_prefix("refs/heads/"))
             .map(str::to_string)
             .collect();
-        if !branches.contains(&self.branch) {
-            // Once per absence, not at every poll of the interval.
-            if !self.reported_missing_branch.swap(true, Ordering::Relaxed) {
-                let shown = branches.len().min(10);
-                tracing::warn!(
-                    url = %self.display_url,
-                    branch = %self.branch,
-                    available = %branches[..shown].join(", "),
-                    "the tracked branch does not exist in the repository: push it, or track one \
-                     of the available branches"
-                );
-            }
-            self.forget_branch()?;
-            return Ok(None);
-        }
-        self.reported_missing_branch.store(false, Ordering::Relaxed);
-        self.head()
+        Ok(branches)
     }
 
     /// The tip of the tracked branch as last fetched, without fetching.

@@ -992,7 +992,8 @@ async fn export_hosts(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanQuery {
-    /// Revisions of the tracked repository (commit ids, or the branch).
+    /// Revisions of the tracked repository: commit ids, or branch names
+    /// (any branch: one other than the tracked branch is fetched first).
     pub base: String,
     pub head: String,
     /// `json` (the default), `text` or `markdown`.
@@ -1001,7 +1002,8 @@ pub struct PlanQuery {
 }
 
 /// `GET /v1/plan?base=REV&head=REV[&format=json|text|markdown]`: the plan
-/// `muster plan` makes, from the controller's mirror, for the approved
+/// `muster plan` makes, between two commits or branches of the tracked
+/// repository (a branch is fetched when named), for the approved
 /// hosts the caller holds `hosts:read` on; `commits:read` is needed. An
 /// invalid head answers 422 with its diagnostics.
 async fn plan_route(
@@ -1043,7 +1045,9 @@ async fn plan_route(
     let now = chrono::Utc::now();
     let built = tokio::task::spawn_blocking(move || {
         let source = source.lock().unwrap_or_else(|p| p.into_inner());
-        crate::plan::build(&source, &query.base, &query.head, &inventory, now)
+        let base = plan_revision(&source, &query.base)?;
+        let head = plan_revision(&source, &query.head)?;
+        crate::plan::build(&source, &base, &head, &inventory, now)
     })
     .await
     .map_err(ApiError::internal)?;
@@ -1054,7 +1058,9 @@ async fn plan_route(
         })) => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("no commit `{commit}` in the controller's mirror of the tracked branch"),
+                format!(
+                    "no commit or branch `{commit}` in the tracked repository: push it, or give a commit id"
+                ),
             ));
         }
         Err(crate::plan::PlanError::Source(err)) => return Err(ApiError::internal(err)),
@@ -1070,6 +1076,22 @@ async fn plan_route(
         "markdown" => crate::commands::plan::render_markdown(&plan).into_response(),
         _ => Json(plan).into_response(),
     })
+}
+
+/// The revision to plan for what a caller named: a commit or a revision
+/// the mirror resolves as it is, or else a branch of the tracked
+/// repository, fetched now (a pull request's branch). A name that is
+/// neither is left as it is, and resolving it answers 404.
+fn plan_revision(
+    source: &crate::source::GitSource,
+    revision: &str,
+) -> Result<String, crate::plan::PlanError> {
+    if source.resolve(revision).is_ok() {
+        return Ok(revision.to_string());
+    }
+    Ok(source
+        .fetch_for_plan(revision)?
+        .unwrap_or_else(|| revision.to_string()))
 }
 
 /// 422 with the head's diagnostics, in the form of `muster plan --format json`.

@@ -110,6 +110,17 @@ impl FleetRepo {
         self.repo.commit(message, &changes)
     }
 
+    /// Commits the pending edits on `branch`, which starts from `main`'s
+    /// tip when it does not exist yet; `main` does not move.
+    pub(crate) fn commit_all_on_branch(&self, branch: &str, message: &str) -> String {
+        if self.repo.tip(branch).is_none() {
+            let main = self.repo.tip("main").expect("main has a commit");
+            self.repo.set_branch(branch, &main);
+        }
+        let changes = self.pending.take();
+        self.repo.commit_on(branch, message, &changes)
+    }
+
     /// Commits the pending edits signed with `key`, as git does with
     /// `gpg.format=ssh`.
     pub(crate) fn commit_all_signed(&self, message: &str, key: &ssh_key::PrivateKey) -> String {

@@ -573,6 +573,41 @@ backends!(the_controller_serves_the_same_plan, |db: TestDb| {
         let (status, body) = get(carol.clone(), format!("base={base}&head={unknown}")).await;
         assert_eq!(status, 404, "{body}");
 
+        // A pull request's branch, which the controller does not track, is
+        // fetched for the plan; main does not move and nothing deploys.
+        harness.repo.edit(
+            "files/nginx/shop.conf.tmpl",
+            "    gzip on;\n",
+            "    gzip on;\n    gzip_comp_level 5;\n",
+        );
+        let feature = harness
+            .repo
+            .commit_all_on_branch("feature/gzip-level", "gzip level");
+        let (status, served) = get(
+            carol.clone(),
+            "base=main&head=feature/gzip-level&format=text".to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{served}");
+        let printed = muster_command()
+            .arg("plan")
+            .arg("--repo")
+            .arg(harness.repo.path())
+            .args(["--base", &head, "--head", &feature])
+            .arg("--inventory")
+            .arg(inventory_file.path().join("inventory.json"))
+            .output()
+            .expect("muster runs");
+        assert_eq!(served, succeeded(&printed));
+        assert!(served.contains("+    gzip_comp_level 5;"), "{served}");
+        assert!(
+            harness.store.commit(&feature).await.unwrap().is_none(),
+            "a branch fetched for a plan is never deployed"
+        );
+        let (status, body) = get(carol.clone(), "base=main&head=no-such-branch".to_string()).await;
+        assert_eq!(status, 404, "{body}");
+        assert!(body.contains("`no-such-branch`"), "{body}");
+
         harness
             .repo
             .edit("policies/nginx.yaml", "groups: [web]", "groups: [webb]");
