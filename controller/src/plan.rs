@@ -188,11 +188,18 @@ pub struct TargetingChange {
     pub no_longer_targeted: Vec<String>,
 }
 
-/// Hosts that receive exactly the same changes.
+/// Hosts that receive the same changes: the same items, fields and
+/// changed lines. Their diffs may differ in context lines (a template that
+/// names the host above the changed line); `changes` are then those of
+/// `context_from`, the first host of the group.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HostChangeGroup {
     pub hosts: Vec<String>,
     pub changes: Vec<ItemChange>,
+    /// The host whose diffs are shown, when the hosts' diffs differ in
+    /// context lines only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_from: Option<String>,
 }
 
 /// Whether an item is new, gone or different.
@@ -230,6 +237,27 @@ pub struct ItemChange {
     /// Next run times before → after, for a schedule change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_runs: Option<NextRuns>,
+}
+
+impl ItemChange {
+    /// The change without its diff's context: only the lines removed and
+    /// added, in order, without positions. Two hosts whose changes are
+    /// equal this way receive the same change.
+    fn without_context(&self) -> ItemChange {
+        // The `---`/`+++` header comes before the first hunk; a removed
+        // line may itself start with `--`, so it is skipped by place.
+        let diff = self.diff.as_ref().map(|diff| {
+            diff.lines()
+                .skip_while(|line| !line.starts_with("@@"))
+                .filter(|line| line.starts_with('+') || line.starts_with('-'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        ItemChange {
+            diff,
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -343,18 +371,28 @@ pub fn build(
             per_host.insert(&host.name, changes);
         }
     }
-    let mut grouped: BTreeMap<&[ItemChange], Vec<String>> = BTreeMap::new();
+    // Grouped by the changed lines, not the whole diff: 400 web hosts whose
+    // nginx file names each host above the changed line get one entry.
+    let mut grouped: BTreeMap<Vec<ItemChange>, Vec<(&str, &[ItemChange])>> = BTreeMap::new();
     for (name, changes) in &per_host {
         grouped
-            .entry(changes.as_slice())
+            .entry(changes.iter().map(ItemChange::without_context).collect())
             .or_default()
-            .push((*name).to_string());
+            .push((name, changes.as_slice()));
     }
     let mut host_changes: Vec<HostChangeGroup> = grouped
-        .into_iter()
-        .map(|(changes, hosts)| HostChangeGroup {
-            hosts,
-            changes: changes.to_vec(),
+        .into_values()
+        .map(|members| {
+            let (first, shown) = members[0];
+            let context_differs = members.iter().any(|(_, changes)| *changes != shown);
+            HostChangeGroup {
+                hosts: members
+                    .iter()
+                    .map(|(name, _)| (*name).to_string())
+                    .collect(),
+                changes: shown.to_vec(),
+                context_from: context_differs.then(|| first.to_string()),
+            }
         })
         .collect();
     host_changes.sort_by(|a, b| {

@@ -175,6 +175,12 @@ pub fn render_text(plan: &Plan) -> String {
             hosts_word(group.hosts.len()),
             name_list(&group.hosts, TEXT_HOSTS)
         );
+        if let Some(host) = &group.context_from {
+            let _ = writeln!(
+                out,
+                "  (the same changed lines on each; diff context from {host})"
+            );
+        }
         for change in &group.changes {
             text_change(&mut out, change);
         }
@@ -343,6 +349,12 @@ pub fn render_markdown(plan: &Plan) -> String {
             hosts_word(group.hosts.len()),
             name_list(&group.hosts, MARKDOWN_HOSTS)
         );
+        if let Some(host) = &group.context_from {
+            let _ = writeln!(
+                section,
+                "_The same changed lines on each host; diff context from {host}._\n"
+            );
+        }
         for change in &group.changes {
             markdown_change(&mut section, change);
         }
@@ -475,6 +487,7 @@ mod tests {
                         diff: Some(format!("{diff}+{group}\n")),
                         next_runs: None,
                     }],
+                    context_from: None,
                 })
                 .collect(),
             fleet_changes: Vec::new(),

@@ -255,9 +255,52 @@ fn json_plan_is_versioned_and_lists_grouped_hosts() {
     assert_eq!(plan["summary"]["hosts_total"], 5);
     assert_eq!(plan["summary"]["hosts_affected"], 3);
     let groups = plan["host_changes"].as_array().expect("host_changes");
-    // web-01 has its own server name: two groups of hosts.
+    // web-01 has its own server name, which is context of the diff: the
+    // changed line is the same, so the three web hosts are one group, shown
+    // with web-01's context.
+    assert_eq!(groups.len(), 1, "{text}");
+    assert_eq!(
+        groups[0]["hosts"],
+        serde_json::json!(["web-01", "web-02", "web-03"])
+    );
+    assert_eq!(groups[0]["context_from"], "web-01");
+}
+
+#[test]
+fn hosts_whose_changed_lines_differ_are_not_grouped() {
+    // The added line names the server, which web-01's `Host` document sets
+    // apart: web-01 gets another change than web-02 and web-03.
+    let repo = TestRepo::from_example("plan-own-lines");
+    let base = repo.tip("main").expect("committed");
+    let template = std::fs::read_to_string(
+        crate::support::git::example_repo().join("files/nginx/shop.conf.tmpl"),
+    )
+    .unwrap();
+    let head = repo.commit(
+        "name the server in a header",
+        &[(
+            "files/nginx/shop.conf.tmpl".to_string(),
+            Change::file(template.replace(
+                "    root /var/www/shop;\n",
+                "    root /var/www/shop;\n    add_header X-Served-By {{ vars.server_name }};\n",
+            )),
+        )],
+    );
+    let (code, text) = plan(repo.path(), &base, &head, "json");
+    assert_eq!(code, 1, "{text}");
+    let plan: serde_json::Value = serde_json::from_str(&text).expect("the plan is JSON");
+    let groups = plan["host_changes"].as_array().expect("host_changes");
     assert_eq!(groups.len(), 2, "{text}");
     assert_eq!(groups[0]["hosts"], serde_json::json!(["web-02", "web-03"]));
+    assert!(groups[0].get("context_from").is_none(), "{text}");
+    assert_eq!(groups[1]["hosts"], serde_json::json!(["web-01"]));
+    assert!(
+        groups[1]["changes"][0]["diff"]
+            .as_str()
+            .unwrap()
+            .contains("+    add_header X-Served-By shop.example.com;"),
+        "{text}"
+    );
 }
 
 #[test]
