@@ -564,28 +564,20 @@ async fn action_not_created(
 
 /// `group web and host db-01` for summaries.
 fn target_text(targets: &TargetsBody) -> String {
+    let named = |singular: &str, names: &[String]| {
+        let noun = if names.len() == 1 {
+            singular.to_string()
+        } else {
+            format!("{singular}s")
+        };
+        format!("{noun} {}", names.join(", "))
+    };
     let mut parts = Vec::new();
     if !targets.groups.is_empty() {
-        parts.push(format!(
-            "{} {}",
-            if targets.groups.len() == 1 {
-                "group"
-            } else {
-                "groups"
-            },
-            targets.groups.join(", ")
-        ));
+        parts.push(named("group", &targets.groups));
     }
     if !targets.hosts.is_empty() {
-        parts.push(format!(
-            "{} {}",
-            if targets.hosts.len() == 1 {
-                "host"
-            } else {
-                "hosts"
-            },
-            targets.hosts.join(", ")
-        ));
+        parts.push(named("host", &targets.hosts));
     }
     parts.join(" and ")
 }
