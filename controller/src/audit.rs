@@ -678,6 +678,19 @@ impl AuditLog {
             })
     }
 
+    /// The newest record's commit, if there is one: it changes exactly
+    /// when a record is written, so the dashboard polls it.
+    pub fn head(&self) -> Result<Option<String>> {
+        let Some(repo) = self.open_existing()? else {
+            return Ok(None);
+        };
+        Ok(repo
+            .head()
+            .ok()
+            .and_then(|head| head.target())
+            .map(|oid| oid.to_string()))
+    }
+
     /// Records, newest first.
     pub fn entries(&self, filter: &Filter) -> Result<Vec<Entry>> {
         let Some(repo) = self.open_existing()? else {

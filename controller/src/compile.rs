@@ -60,7 +60,7 @@ impl SourceFiles for HashMap<String, Vec<u8>> {
 }
 
 /// Facts that become labels, so that selectors can match them.
-const LABEL_FACTS: [&str; 4] = ["os", "os_version", "arch", "kernel"];
+pub const LABEL_FACTS: [&str; 4] = ["os", "os_version", "arch", "kernel"];
 
 /// Fuel for one template render: about one unit per instruction. Real
 /// configuration templates use a few thousand; the bound stops a runaway

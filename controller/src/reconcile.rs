@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use crate::compile::{self, HostInput, SourceFiles};
 use crate::rbac::{Access, AccessRules};
 use crate::server::cache::Caches;
-use crate::server::hub::Hub;
+use crate::server::hub::{Hub, Topic};
 use crate::server::now;
 use crate::signing::SigningKey;
 use crate::source::{CommitInfo, GitSource, SignatureCheck, SourceError};
@@ -383,6 +383,7 @@ impl Reconciler {
             deployed_at: None,
         };
         self.store.record_rejected(&record).await?;
+        self.hub.ui.notify(Topic::Commits);
         Ok(())
     }
 
@@ -483,6 +484,8 @@ impl Reconciler {
         self.caches.put_bundles(&records);
         self.hub
             .publish(records.iter().map(|r| (r.host_id.as_str(), r.generation)));
+        self.hub.ui.notify(Topic::Commits);
+        self.hub.ui.notify(Topic::Hosts);
         Ok(records.len())
     }
 

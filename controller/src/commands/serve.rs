@@ -233,6 +233,9 @@ pub struct Running {
     pub public_key: String,
     /// The access rules in force, as request handlers see them.
     pub access: crate::rbac::Access,
+    /// What the server's handlers share: tests build the router on it and
+    /// send requests without a socket.
+    pub state: AppState,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -308,7 +311,12 @@ pub async fn start_with_clock(
         long_poll_limit: config.long_poll,
         access: access.clone(),
         audit: audit.clone(),
-        user_auth: Arc::new(server::user_auth::UserAuth::new(config.user_auth.clone())),
+        user_auth: Arc::new(server::user_auth::UserAuth::new(
+            server::user_auth::Settings {
+                secure_cookies: config.tls.is_some(),
+                ..config.user_auth.clone()
+            },
+        )),
         key: Arc::clone(&key),
         outcomes: crate::actions::Outcomes::default(),
         source: reconciler.source(),
@@ -344,7 +352,7 @@ pub async fn start_with_clock(
     // Handlers see the peer's address: login limits and audit records
     // name it.
     let service =
-        server::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        server::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let hub_for_shutdown = Arc::clone(&hub);
     let serve_shutdown = stopped(watch.clone());
     let tls = match &config.tls {
@@ -407,6 +415,7 @@ pub async fn start_with_clock(
         address,
         public_key: public_key.to_string(),
         access,
+        state,
         shutdown,
         task,
     })

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use super::auth::authenticate;
 use super::cache::{CachedBundle, CachedHost};
+use super::hub::Topic;
 use super::{ApiError, AppState, now};
 use crate::store::{EnrollRefusal, HostRecord, ResultOutcome, StartOutcome};
 
@@ -118,6 +119,8 @@ async fn enroll(State(state): State<AppState>, body: Bytes) -> Result<Response, 
     {
         Ok(host) => {
             tracing::info!(host = %host.name, id = %host.id, state = host.state.as_str(), "host enrolled");
+            state.hub.ui.notify(Topic::Hosts);
+            state.hub.ui.notify(Topic::Enrollment);
             if host.state == HostState::Approved {
                 state.trigger.fire();
             }
@@ -255,6 +258,7 @@ async fn report(
             now,
         )
         .await?;
+    state.hub.ui.notify(Topic::Hosts);
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -423,7 +427,11 @@ async fn job_started(
         .record_started(&host.id, &job_id, notice.started_at, now)
         .await?
     {
-        StartOutcome::Started | StartOutcome::Unchanged => Ok(StatusCode::OK),
+        StartOutcome::Started => {
+            state.hub.ui.notify(Topic::Jobs);
+            Ok(StatusCode::OK)
+        }
+        StartOutcome::Unchanged => Ok(StatusCode::OK),
         StartOutcome::NotFound => Err(unknown_job(&job_id)),
         StartOutcome::OtherHost => Err(other_hosts_job(&job_id)),
     }
@@ -449,6 +457,7 @@ async fn job_result(
             );
             let release =
                 crate::jobs::release_and_notify(&state.store, &state.hub, &action_id, now).await?;
+            state.hub.ui.notify(Topic::Jobs);
             // An action that ended gets its outcome in the audit repository.
             if release.state != Some(crate::store::ActionState::Running) {
                 state.outcomes.poke();

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// One watch channel per host that someone waits on, carrying the newest
 /// published generation.
@@ -24,6 +24,86 @@ pub struct Hub {
     closed: AtomicBool,
     /// Whether the job sweep was started.
     sweeping: AtomicBool,
+    /// What changed, for the dashboard's live regions.
+    pub ui: UiEvents,
+}
+
+/// A kind of change the dashboard shows: live regions name the topics
+/// they depend on, and re-render when one is announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// A host reported, was enrolled, approved, rejected or removed.
+    Hosts,
+    /// A commit was deployed or rejected.
+    Commits,
+    /// An action was created, or a job started, ended or was cancelled.
+    Jobs,
+    /// Pending hosts or enrollment tokens changed.
+    Enrollment,
+    /// An audit record was written.
+    Audit,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 5] = [
+        Topic::Hosts,
+        Topic::Commits,
+        Topic::Jobs,
+        Topic::Enrollment,
+        Topic::Audit,
+    ];
+
+    /// The event name on the stream, as `hx-trigger="sse:NAME"` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::Hosts => "hosts",
+            Topic::Commits => "commits",
+            Topic::Jobs => "jobs",
+            Topic::Enrollment => "enrollment",
+            Topic::Audit => "audit",
+        }
+    }
+}
+
+/// The dashboard's change announcements: a broadcast that nobody needs to
+/// drain. A slow subscriber that falls behind only misses repeats of
+/// topics it will re-render anyway.
+#[derive(Debug)]
+pub struct UiEvents {
+    sender: broadcast::Sender<Topic>,
+    /// Whether the poller that notices other replicas' changes runs.
+    polling: AtomicBool,
+}
+
+impl Default for UiEvents {
+    fn default() -> Self {
+        UiEvents {
+            sender: broadcast::channel(256).0,
+            polling: AtomicBool::new(false),
+        }
+    }
+}
+
+impl UiEvents {
+    /// Announces a change; free when no dashboard is open.
+    pub fn notify(&self, topic: Topic) {
+        let _ = self.sender.send(topic);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Topic> {
+        self.sender.subscribe()
+    }
+
+    /// How many dashboards listen.
+    pub fn n_listeners(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
+    /// True the first time it is called: whoever gets true starts the
+    /// poller, so that there is one per hub.
+    pub fn start_polling(&self) -> bool {
+        !self.polling.swap(true, Ordering::SeqCst)
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,6 +154,7 @@ impl Hub {
 
     /// Wakes the agents waiting for jobs on these hosts.
     pub fn notify_jobs<'a>(&self, host_ids: impl IntoIterator<Item = &'a str>) {
+        self.ui.notify(Topic::Jobs);
         let mut jobs = lock(&self.jobs);
         for host_id in host_ids {
             if let Some(sender) = jobs.get(host_id) {

@@ -9,6 +9,7 @@
 pub mod agent_api;
 pub mod auth;
 pub mod cache;
+pub mod dashboard;
 pub mod hooks;
 pub mod hub;
 pub mod user_api;
@@ -69,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .merge(hooks::router(state.clone()))
         .merge(user_auth::router(state.clone()))
         .merge(user_api::router(state.clone()))
+        .merge(dashboard::router(state.clone()))
         .with_state(state)
 }
 

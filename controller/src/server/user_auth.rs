@@ -79,6 +79,9 @@ pub struct Settings {
     /// How long a session lasts, in seconds.
     pub session_ttl: i64,
     pub clock: Clock,
+    /// Mark the dashboard's cookies `Secure`: set when the controller
+    /// serves TLS itself.
+    pub secure_cookies: bool,
 }
 
 impl Default for Settings {
@@ -97,6 +100,7 @@ impl Default for Settings {
             },
             session_ttl: 12 * 3600,
             clock: Clock::default(),
+            secure_cookies: false,
         }
     }
 }
@@ -199,25 +203,35 @@ impl FromRequestParts<AppState> for Principal {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(&parts.headers)?;
         let principal = authenticate_bearer(state, token).await?;
-        if principal.break_glass {
-            let address = ClientAddress::from_request_parts(parts, state)
-                .await
-                .unwrap_or(ClientAddress(None));
-            let now = state.user_auth.now();
-            let action = audit::Action {
-                request_id: audit::new_request_id(),
-                who: principal.who(),
-                action: "break-glass.use".into(),
-                targets: vec![principal.user.clone()],
-                summary: format!("{} {}", parts.method, parts.uri.path()),
-                parameters: Vec::new(),
-                source: Some(address.text()),
-                time: now,
-            };
-            audit_break_glass(state, action).await?;
-        }
+        audit_break_glass_use(state, &principal, parts).await?;
         Ok(principal)
     }
+}
+
+/// Writes the audit record of a break-glass admin's request, or refuses
+/// the request; nothing for anyone else.
+pub async fn audit_break_glass_use(
+    state: &AppState,
+    principal: &Principal,
+    parts: &mut Parts,
+) -> Result<(), ApiError> {
+    if !principal.break_glass {
+        return Ok(());
+    }
+    let address = ClientAddress::from_request_parts(parts, state)
+        .await
+        .unwrap_or(ClientAddress(None));
+    let action = audit::Action {
+        request_id: audit::new_request_id(),
+        who: principal.who(),
+        action: "break-glass.use".into(),
+        targets: vec![principal.user.clone()],
+        summary: format!("{} {}", parts.method, parts.uri.path()),
+        parameters: Vec::new(),
+        source: Some(address.text()),
+        time: state.user_auth.now(),
+    };
+    audit_break_glass(state, action).await
 }
 
 /// Writes a break-glass audit record, or refuses the request.
@@ -367,14 +381,70 @@ async fn login(
     let request: LoginRequest = serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request(r#"the login body must be JSON: {"user": "NAME", "password": "…"}"#)
     })?;
+    match password_login(&state, &address, &request.user, request.password).await? {
+        Ok(session) => Ok(Json(LoginResponse {
+            token: session.token,
+            user: session.user,
+            expires_at: session.expires_at,
+        })
+        .into_response()),
+        Err(LoginRefused::Locked {
+            retry_after,
+            message,
+        }) => Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after.to_string())],
+            Json(ErrorBody { error: message }),
+        )
+            .into_response()),
+        Err(LoginRefused::WrongCredentials) => Err(ApiError::unauthorized(WRONG_CREDENTIALS)),
+    }
+}
+
+/// A new session of a user who logged in.
+#[derive(Debug)]
+pub struct NewSession {
+    pub token: String,
+    pub user: String,
+    pub expires_at: i64,
+}
+
+/// Why a login was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginRefused {
+    /// Too many failures: the user name or the address is locked for
+    /// `retry_after` seconds; `message` says so to the user.
+    Locked { retry_after: i64, message: String },
+    /// The one answer to a wrong user name or password.
+    WrongCredentials,
+}
+
+impl LoginRefused {
+    /// What to show the user.
+    pub fn message(&self) -> &str {
+        match self {
+            LoginRefused::Locked { message, .. } => message,
+            LoginRefused::WrongCredentials => WRONG_CREDENTIALS,
+        }
+    }
+}
+
+/// Checks a user name and password, counting attempts and locking out,
+/// and opens a session: the one login path of the API and the dashboard.
+pub async fn password_login(
+    state: &AppState,
+    address: &ClientAddress,
+    user_name: &str,
+    password: String,
+) -> Result<Result<NewSession, LoginRefused>, ApiError> {
     let settings = &state.user_auth.settings;
     let now = state.user_auth.now();
     // Names that cannot exist are not counted per user: they can never
     // succeed, and need no row each.
-    let user_gate = if valid_name(&request.user) {
+    let user_gate = if valid_name(user_name) {
         state
             .store
-            .count_login_attempt(&user_subject(&request.user), settings.per_user, now)
+            .count_login_attempt(&user_subject(user_name), settings.per_user, now)
             .await?
     } else {
         AttemptGate {
@@ -386,8 +456,8 @@ async fn login(
         .store
         .count_login_attempt(&address_subject(&address.text()), settings.per_address, now)
         .await?;
-    let user = if valid_name(&request.user) {
-        state.store.user(&request.user).await?
+    let user = if valid_name(user_name) {
+        state.store.user(user_name).await?
     } else {
         None
     };
@@ -396,7 +466,6 @@ async fn login(
     // The stand-in hash is made on first use, on the blocking thread too.
     let stored = user.as_ref().map(|user| user.password_hash.clone());
     let user_auth = Arc::clone(&state.user_auth);
-    let password = request.password;
     let verified = tokio::task::spawn_blocking(move || {
         let hash = match stored {
             Some(hash) => hash,
@@ -417,24 +486,21 @@ async fn login(
             .max()
             .unwrap_or(now);
         tracing::warn!(user = %known, source = %address.text(), "login refused: too many failed attempts");
-        let minutes = ((until - now).max(1) + 59) / 60;
-        return Ok((
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, (until - now).max(1).to_string())],
-            Json(ErrorBody {
-                error: format!(
-                    "too many failed logins: try again in {minutes} {}",
-                    if minutes == 1 { "minute" } else { "minutes" }
-                ),
-            }),
-        )
-            .into_response());
+        let retry_after = (until - now).max(1);
+        let minutes = (retry_after + 59) / 60;
+        return Ok(Err(LoginRefused::Locked {
+            retry_after,
+            message: format!(
+                "too many failed logins: try again in {minutes} {}",
+                if minutes == 1 { "minute" } else { "minutes" }
+            ),
+        }));
     }
     let Some(user) = user.filter(|_| verified) else {
         // Unknown names are not logged: they are often passwords typed
         // into the wrong field.
         tracing::warn!(user = %known, source = %address.text(), "login failed");
-        return Err(ApiError::unauthorized(WRONG_CREDENTIALS));
+        return Ok(Err(LoginRefused::WrongCredentials));
     };
     state
         .store
@@ -461,7 +527,7 @@ async fn login(
             source: Some(address.text()),
             time: now,
         };
-        audit_break_glass(&state, action).await?;
+        audit_break_glass(state, action).await?;
     }
     let token = new_secret(SESSION_PREFIX).map_err(ApiError::internal)?;
     let expires_at = now + settings.session_ttl;
@@ -470,12 +536,11 @@ async fn login(
         .create_session(&secret_hash(&token), &user.name, now, expires_at)
         .await?;
     tracing::info!(user = %user.name, source = %address.text(), break_glass = user.break_glass, "logged in");
-    Ok(Json(LoginResponse {
+    Ok(Ok(NewSession {
         token,
         user: user.name,
         expires_at,
-    })
-    .into_response())
+    }))
 }
 
 async fn logout(

@@ -218,6 +218,13 @@ impl Harness {
         }
     }
 
+    /// The controller's whole HTTP surface on its live state, for
+    /// `router.oneshot(request)` tests.
+    pub(crate) fn router(&self) -> axum::Router {
+        let running = self.running.as_ref().expect("the controller runs");
+        muster_controller::server::router(running.state.clone())
+    }
+
     /// What the controller was started with (its address included).
     pub(crate) fn config(&self) -> Config {
         self.config.clone()

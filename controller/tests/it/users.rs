@@ -266,6 +266,7 @@ fn settings(clock: &Clock) -> Settings {
         },
         session_ttl: 3600,
         clock: clock.clone(),
+        secure_cookies: false,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod cli;
+pub(crate) mod dashboard;
 pub(crate) mod git;
 pub(crate) mod proxy;
 

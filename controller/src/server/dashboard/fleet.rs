@@ -1,0 +1,328 @@
+//! The fleet as the dashboard shows it: one light row per host (no full
+//! facts, no bundle body), how each host is doing, and the rollout of
+//! each commit. Loaded fresh per page: at 10,000 hosts this is one query
+//! and a few milliseconds of parsing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sqlx::Row;
+
+use crate::compile::{HostInput, LABEL_FACTS};
+use crate::store::{Store, StoreError};
+
+/// A host unheard of for longer than this is offline: agents long-poll
+/// and report at least every minute by default, so three minutes of
+/// silence is more than a slow network.
+pub const OFFLINE_AFTER_SECS: i64 = 180;
+
+/// What the dashboard needs of a host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRow {
+    pub id: String,
+    pub name: String,
+    /// `pending`, `approved` or `rejected`.
+    pub state: String,
+    pub labels: BTreeMap<String, String>,
+    /// The facts that selectors can match (`os`, `arch`, …).
+    pub label_facts: Map<String, Value>,
+    pub enrolled_at: i64,
+    pub last_seen_at: Option<i64>,
+    pub applied_generation: u64,
+    /// As last reported: `in_sync`, `drifted`, `failing` or `stale`.
+    pub run_status: Option<String>,
+    /// The bundle in force: its generation and commit.
+    pub bundle_generation: Option<u64>,
+    pub bundle_commit: Option<String>,
+}
+
+/// Whether a host is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Presence {
+    Online,
+    Offline,
+    /// Its agent says the bundle in force has expired.
+    Stale,
+    /// Enrolled, waiting for approval.
+    Pending,
+    Rejected,
+}
+
+impl Presence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Online => "online",
+            Presence::Offline => "offline",
+            Presence::Stale => "stale",
+            Presence::Pending => "pending",
+            Presence::Rejected => "rejected",
+        }
+    }
+}
+
+/// How a host's configuration stands against its bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Sync {
+    InSync,
+    Drifted,
+    Failing,
+    /// It has not applied its newest bundle yet.
+    Behind,
+    /// It never reported.
+    Unknown,
+}
+
+impl Sync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sync::InSync => "in sync",
+            Sync::Drifted => "drifted",
+            Sync::Failing => "failing",
+            Sync::Behind => "behind",
+            Sync::Unknown => "no report yet",
+        }
+    }
+}
+
+impl HostRow {
+    pub fn presence(&self, now: i64) -> Presence {
+        match self.state.as_str() {
+            "pending" => Presence::Pending,
+            "rejected" => Presence::Rejected,
+            _ if self.run_status.as_deref() == Some("stale") => Presence::Stale,
+            _ => match self.last_seen_at {
+                Some(seen) if now - seen <= OFFLINE_AFTER_SECS => Presence::Online,
+                _ => Presence::Offline,
+            },
+        }
+    }
+
+    pub fn sync(&self) -> Sync {
+        let behind = self
+            .bundle_generation
+            .is_some_and(|generation| self.applied_generation < generation);
+        match self.run_status.as_deref() {
+            Some("failing") => Sync::Failing,
+            _ if behind => Sync::Behind,
+            Some("drifted") => Sync::Drifted,
+            Some("in_sync" | "stale") => Sync::InSync,
+            _ => Sync::Unknown,
+        }
+    }
+
+    /// The host as the compiler and RBAC see it, for group membership and
+    /// scopes.
+    pub fn input(&self) -> HostInput {
+        HostInput {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            facts: self.label_facts.clone(),
+        }
+    }
+}
+
+/// Only the facts selectors use; the rest of the object is skipped
+/// without being built.
+#[derive(Deserialize)]
+struct LabelFacts {
+    #[serde(default)]
+    os: Option<Value>,
+    #[serde(default)]
+    os_version: Option<Value>,
+    #[serde(default)]
+    arch: Option<Value>,
+    #[serde(default)]
+    kernel: Option<Value>,
+}
+
+fn label_facts(text: &str) -> Map<String, Value> {
+    let Ok(facts) = serde_json::from_str::<LabelFacts>(text) else {
+        return Map::new();
+    };
+    let values = [facts.os, facts.os_version, facts.arch, facts.kernel];
+    LABEL_FACTS
+        .iter()
+        .zip(values)
+        .filter_map(|(name, value)| Some((name.to_string(), value?)))
+        .collect()
+}
+
+/// Every host, by name.
+pub async fn host_rows(store: &Store) -> Result<Vec<HostRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT h.id, h.name, h.state, h.labels, h.facts, h.enrolled_at, h.last_seen_at,
+                h.applied_generation, h.run_status, b.generation, b.commit_id
+         FROM hosts h LEFT JOIN bundles b ON b.host_id = h.id
+         ORDER BY h.name",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let labels: String = row.try_get("labels")?;
+            let facts: String = row.try_get("facts")?;
+            let applied: i64 = row.try_get("applied_generation")?;
+            let generation: Option<i64> = row.try_get("generation")?;
+            Ok(HostRow {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                state: row.try_get("state")?,
+                labels: serde_json::from_str(&labels)
+                    .map_err(|err| StoreError::Corrupt(format!("host labels: {err}")))?,
+                label_facts: label_facts(&facts),
+                enrolled_at: row.try_get("enrolled_at")?,
+                last_seen_at: row.try_get("last_seen_at")?,
+                applied_generation: u64::try_from(applied).unwrap_or(0),
+                run_status: row.try_get("run_status")?,
+                bundle_generation: generation.and_then(|g| u64::try_from(g).ok()),
+                bundle_commit: row.try_get("commit_id")?,
+            })
+        })
+        .collect()
+}
+
+/// How far a commit has reached: of the approved hosts whose bundle in
+/// force it set, how many applied it, failed, or have yet to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rollout {
+    pub applied: usize,
+    pub failed: usize,
+    pub pending: usize,
+}
+
+impl Rollout {
+    pub fn total(&self) -> usize {
+        self.applied + self.failed + self.pending
+    }
+}
+
+/// The rollout of every commit that is the bundle commit of some host.
+pub fn rollouts(hosts: &[HostRow]) -> HashMap<String, Rollout> {
+    let mut rollouts: HashMap<String, Rollout> = HashMap::new();
+    for host in hosts.iter().filter(|host| host.state == "approved") {
+        let (Some(commit), Some(generation)) = (&host.bundle_commit, host.bundle_generation) else {
+            continue;
+        };
+        let rollout = rollouts.entry(commit.clone()).or_default();
+        if host.applied_generation < generation {
+            rollout.pending += 1;
+        } else if host.run_status.as_deref() == Some("failing") {
+            rollout.failed += 1;
+        } else {
+            rollout.applied += 1;
+        }
+    }
+    rollouts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(
+        state: &str,
+        seen: Option<i64>,
+        applied: u64,
+        bundle: Option<u64>,
+        status: Option<&str>,
+    ) -> HostRow {
+        HostRow {
+            id: "h".into(),
+            name: "web-01".into(),
+            state: state.into(),
+            labels: BTreeMap::new(),
+            label_facts: Map::new(),
+            enrolled_at: 0,
+            last_seen_at: seen,
+            applied_generation: applied,
+            run_status: status.map(str::to_string),
+            bundle_generation: bundle,
+            bundle_commit: bundle.map(|_| "c1".to_string()),
+        }
+    }
+
+    #[test]
+    fn presence_follows_approval_reports_and_silence() {
+        assert_eq!(
+            host("pending", Some(100), 0, None, None).presence(100),
+            Presence::Pending
+        );
+        assert_eq!(
+            host("rejected", None, 0, None, None).presence(100),
+            Presence::Rejected
+        );
+        assert_eq!(
+            host("approved", Some(100), 1, Some(1), Some("in_sync")).presence(100),
+            Presence::Online
+        );
+        assert_eq!(
+            host("approved", Some(100), 1, Some(1), Some("in_sync"))
+                .presence(100 + OFFLINE_AFTER_SECS + 1),
+            Presence::Offline
+        );
+        assert_eq!(
+            host("approved", None, 0, Some(1), None).presence(100),
+            Presence::Offline
+        );
+        assert_eq!(
+            host("approved", Some(100), 1, Some(1), Some("stale")).presence(100),
+            Presence::Stale
+        );
+    }
+
+    #[test]
+    fn sync_puts_failures_first_then_hosts_behind() {
+        assert_eq!(
+            host("approved", None, 1, Some(2), Some("failing")).sync(),
+            Sync::Failing
+        );
+        assert_eq!(
+            host("approved", None, 1, Some(2), Some("drifted")).sync(),
+            Sync::Behind
+        );
+        assert_eq!(
+            host("approved", None, 2, Some(2), Some("drifted")).sync(),
+            Sync::Drifted
+        );
+        assert_eq!(
+            host("approved", None, 2, Some(2), Some("in_sync")).sync(),
+            Sync::InSync
+        );
+        assert_eq!(
+            host("approved", None, 0, Some(1), None).sync(),
+            Sync::Behind
+        );
+        assert_eq!(host("approved", None, 0, None, None).sync(), Sync::Unknown);
+    }
+
+    #[test]
+    fn rollouts_count_applied_failed_and_pending_hosts_of_each_commit() {
+        let hosts = [
+            host("approved", None, 2, Some(2), Some("in_sync")),
+            host("approved", None, 2, Some(2), Some("failing")),
+            host("approved", None, 1, Some(2), Some("in_sync")),
+            host("pending", None, 0, Some(2), None),
+        ];
+        let rollouts = rollouts(&hosts);
+        assert_eq!(
+            rollouts["c1"],
+            Rollout {
+                applied: 1,
+                failed: 1,
+                pending: 1
+            }
+        );
+    }
+
+    #[test]
+    fn only_selector_facts_are_kept() {
+        let facts = label_facts(
+            r#"{"os":"debian","arch":"x86_64","disks":[{"mount":"/"}],"kernel":"6.1"}"#,
+        );
+        assert_eq!(facts.len(), 3);
+        assert_eq!(facts["os"], "debian");
+        assert!(!facts.contains_key("disks"));
+    }
+}

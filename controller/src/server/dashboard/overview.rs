@@ -1,0 +1,9 @@
+//! The dashboard's overview page (being built).
+
+use axum::Router;
+
+use crate::server::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+}

@@ -1,0 +1,1 @@
+//! commits (being built).
