@@ -312,6 +312,14 @@ fn print_actions(url: &str, data: &DataArgs, passwords: &Path) {
         .ok()
         .map(|exe| shorter(&exe))
         .unwrap_or_else(|| "muster".into());
+    println!("Open the dashboard in a browser:");
+    println!();
+    println!("  {url}/");
+    println!(
+        "  log in as alice (admin) or bob (operator of the web hosts); passwords in {}/NAME",
+        passwords.display()
+    );
+    println!();
     println!("Run a reviewed script as an operator (bob may operate the web hosts only):");
     println!();
     println!(

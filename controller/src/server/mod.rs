@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .merge(user_auth::router(state.clone()))
         .merge(user_api::router(state.clone()))
         .merge(dashboard::router(state.clone()))
+        .fallback(dashboard::not_found)
         .with_state(state)
 }
 

@@ -77,8 +77,21 @@ pub fn router(state: AppState) -> Router<AppState> {
         .with_state(state)
 }
 
+/// What an unknown path answers: an HTML page for people, a JSON error
+/// under the API's `/v1/`.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/v1/") {
+        return ApiError::new(StatusCode::NOT_FOUND, format!("no route {}", uri.path())).into_response();
+    }
+    let response = PageError::not_found("there is no such page: pick one from the overview").into_response();
+    security_headers_on(response)
+}
+
 async fn security_headers(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
+    security_headers_on(next.run(request).await)
+}
+
+fn security_headers_on(mut response: Response) -> Response {
     let headers = response.headers_mut();
     let set = |headers: &mut HeaderMap, name: header::HeaderName, value: &'static str| {
         headers
