@@ -244,7 +244,7 @@ fn not_found(what: &str, id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("unknown {what} `{id}`"))
 }
 
-fn audit_unavailable(err: &audit::AuditError) -> ApiError {
+pub(crate) fn audit_unavailable(err: &audit::AuditError) -> ApiError {
     tracing::error!(error = %err, "cannot write the audit commit; the action is refused");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -266,7 +266,7 @@ fn deployed_rules(state: &AppState) -> Result<Arc<AccessRules>, ApiError> {
     Ok(rules)
 }
 
-async fn hosts_by_id(state: &AppState) -> Result<HashMap<String, HostRecord>, ApiError> {
+pub(crate) async fn hosts_by_id(state: &AppState) -> Result<HashMap<String, HostRecord>, ApiError> {
     Ok(state
         .store
         .hosts()
@@ -278,7 +278,7 @@ async fn hosts_by_id(state: &AppState) -> Result<HashMap<String, HostRecord>, Ap
 
 /// The host inputs of the hosts with these ids (hosts removed since are
 /// skipped: nothing of theirs is left to act on).
-fn inputs_of<'a>(
+pub(crate) fn inputs_of<'a>(
     hosts: &HashMap<String, HostRecord>,
     ids: impl IntoIterator<Item = &'a str>,
 ) -> Vec<HostInput> {
@@ -371,8 +371,21 @@ async fn create(
             ApiError::bad_request(format!("the body is not an action: send {hint}"))
         }
     })?;
-    let caller = Caller::from(&principal);
-    let rules = deployed_rules(&state)?;
+    let answer = create_action_as(&state, &principal, &address, &body).await?;
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// Creates the action `body` asks for on behalf of `principal`, in the
+/// one order every mutating route keeps: authorize → audit commit → jobs.
+/// The API and the dashboard's run form both come here.
+pub(crate) async fn create_action_as(
+    state: &AppState,
+    principal: &Principal,
+    address: &ClientAddress,
+    body: &ActionBody,
+) -> Result<ActionCreated, ApiError> {
+    let caller = Caller::from(principal);
+    let rules = deployed_rules(state)?;
     let model = Arc::clone(rules.model());
     let n_kinds = usize::from(body.script.is_some())
         + usize::from(body.reboot)
@@ -504,7 +517,7 @@ async fn create(
     .await
     {
         Ok(created) => created,
-        Err(err) => return Err(action_not_created(&state, &request_id, now, &err).await),
+        Err(err) => return Err(action_not_created(state, &request_id, now, &err).await),
     };
     tracing::info!(
         user = %principal.user,
@@ -536,7 +549,7 @@ async fn create(
             })
             .collect(),
     };
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    Ok(answer)
 }
 
 /// The audit commit is written but the jobs could not be created: the
@@ -592,16 +605,16 @@ fn valid_unit(name: &str) -> bool {
 }
 
 /// An action with its jobs, in release order, and the hosts they run on.
-struct ActionWithJobs {
-    action: ActionRecord,
-    jobs: Vec<JobRecord>,
-    hosts: HashMap<String, HostRecord>,
+pub(crate) struct ActionWithJobs {
+    pub(crate) action: ActionRecord,
+    pub(crate) jobs: Vec<JobRecord>,
+    pub(crate) hosts: HashMap<String, HostRecord>,
     /// The inputs of the action's hosts that are still enrolled.
-    inputs: Vec<HostInput>,
+    pub(crate) inputs: Vec<HostInput>,
 }
 
 /// The action `id`, once the caller may `need` on every host of it.
-async fn scoped_action(
+pub(crate) async fn scoped_action(
     state: &AppState,
     caller: &Caller,
     id: &str,
@@ -698,9 +711,23 @@ async fn cancel_action(
     address: ClientAddress,
     Path(id): Path<String>,
 ) -> Result<Json<ActionDetail>, ApiError> {
-    let caller = Caller::from(&principal);
+    cancel_action_as(&state, &principal, &address, &id).await?;
+    let cancelled = action_with_jobs(&state, &id).await?;
+    Ok(Json(action_detail(&state, cancelled).await?))
+}
+
+/// Cancels the jobs of action `id` not yet handed out, on behalf of
+/// `principal` (`jobs:cancel` on every host of it), audited first. The
+/// API and the dashboard's cancel button both come here.
+pub(crate) async fn cancel_action_as(
+    state: &AppState,
+    principal: &Principal,
+    address: &ClientAddress,
+    id: &str,
+) -> Result<(), ApiError> {
+    let caller = Caller::from(principal);
     let ActionWithJobs { action, inputs, .. } =
-        scoped_action(&state, &caller, &id, Permission::JobsCancel).await?;
+        scoped_action(state, &caller, id, Permission::JobsCancel).await?;
     if action.state != ActionState::Running {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -719,7 +746,7 @@ async fn cancel_action(
             action: "actions.cancel".into(),
             targets: inputs.iter().map(|host| host.name.clone()).collect(),
             summary: format!("cancel action {id} ({})", action.summary),
-            parameters: vec![Parameter::new("action", &id)],
+            parameters: vec![Parameter::new("action", id)],
             source: Some(address.text()),
             time: now,
         })
@@ -727,14 +754,13 @@ async fn cancel_action(
         .map_err(|err| audit_unavailable(&err))?;
     state
         .store
-        .cancel_action(&id, now)
+        .cancel_action(id, now)
         .await?
-        .ok_or_else(|| not_found("action", &id))?;
-    crate::jobs::release_and_notify(&state.store, &state.hub, &id, now).await?;
+        .ok_or_else(|| not_found("action", id))?;
+    crate::jobs::release_and_notify(&state.store, &state.hub, id, now).await?;
     state.outcomes.poke();
     tracing::info!(user = %principal.user, action = %id, "action cancelled");
-    let cancelled = action_with_jobs(&state, &id).await?;
-    Ok(Json(action_detail(&state, cancelled).await?))
+    Ok(())
 }
 
 /// `GET /v1/jobs?action=&host=&state=&limit=`.
@@ -1004,8 +1030,10 @@ async fn plan_route(
     Query(query): Query<PlanQuery>,
 ) -> Result<Response, ApiError> {
     let caller = Caller::from(&principal);
-    let rules = state.access.current();
-    rules
+    // Refused callers learn nothing, not even that the format is wrong.
+    state
+        .access
+        .current()
         .authorize(&caller, Permission::CommitsRead, &[])
         .map_err(denied)?;
     let format = query.format.clone().unwrap_or_else(|| "json".into());
@@ -1014,7 +1042,45 @@ async fn plan_route(
             "`format` is one of json, text and markdown",
         ));
     }
-    let hosts = hosts_by_id(&state).await?;
+    let plan = match plan_as(&state, &caller, &query.base, &query.head).await? {
+        PlanAnswer::Plan(plan) => plan,
+        PlanAnswer::InvalidHead { error, diagnostics } => {
+            return Ok(invalid_head(error, &diagnostics));
+        }
+    };
+    Ok(match format.as_str() {
+        "text" => crate::commands::plan::render_text(&plan).into_response(),
+        "markdown" => crate::commands::plan::render_markdown(&plan).into_response(),
+        _ => Json(plan).into_response(),
+    })
+}
+
+/// A plan, or why its head cannot be planned.
+pub(crate) enum PlanAnswer {
+    Plan(crate::plan::Plan),
+    /// The head does not validate (`invalid_head`) or does not compile
+    /// (`head_does_not_compile`): every diagnostic.
+    InvalidHead {
+        error: &'static str,
+        diagnostics: Vec<muster_schemas::Diagnostic>,
+    },
+}
+
+/// The plan from `base` to `head` (revisions of the tracked repository; a
+/// branch is fetched when named) for the approved hosts `caller` holds
+/// `hosts:read` on; `commits:read` is needed. `GET /v1/plan` and the
+/// dashboard's plan page both come here.
+pub(crate) async fn plan_as(
+    state: &AppState,
+    caller: &Caller,
+    base: &str,
+    head: &str,
+) -> Result<PlanAnswer, ApiError> {
+    let rules = state.access.current();
+    rules
+        .authorize(caller, Permission::CommitsRead, &[])
+        .map_err(denied)?;
+    let hosts = hosts_by_id(state).await?;
     let inputs: Vec<HostInput> = hosts
         .values()
         .filter(|host| host.state == HostState::Approved)
@@ -1023,7 +1089,7 @@ async fn plan_route(
     let inventory = crate::plan::Inventory {
         version: crate::plan::FORMAT_VERSION,
         hosts: rules
-            .hosts_in_scope(&caller, Permission::HostsRead, &inputs)
+            .hosts_in_scope(caller, Permission::HostsRead, &inputs)
             .into_iter()
             .map(|input| crate::plan::InventoryHost {
                 name: input.name.clone(),
@@ -1035,39 +1101,37 @@ async fn plan_route(
     };
     let source = Arc::clone(&state.source);
     let now = chrono::Utc::now();
+    let (base, head) = (base.to_string(), head.to_string());
     let built = tokio::task::spawn_blocking(move || {
         let source = source.lock().unwrap_or_else(|p| p.into_inner());
-        let base = plan_revision(&source, &query.base)?;
-        let head = plan_revision(&source, &query.head)?;
+        let base = plan_revision(&source, &base)?;
+        let head = plan_revision(&source, &head)?;
         crate::plan::build(&source, &base, &head, &inventory, now)
     })
     .await
     .map_err(ApiError::internal)?;
-    let plan = match built {
-        Ok(plan) => plan,
+    match built {
+        Ok(plan) => Ok(PlanAnswer::Plan(plan)),
         Err(crate::plan::PlanError::Source(crate::source::SourceError::UnknownCommit {
             commit,
-        })) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no commit or branch `{commit}` in the tracked repository: push it, or give a commit id"
-                ),
-            ));
-        }
-        Err(crate::plan::PlanError::Source(err)) => return Err(ApiError::internal(err)),
-        Err(crate::plan::PlanError::InvalidHead(diagnostics)) => {
-            return Ok(invalid_head("invalid_head", &diagnostics));
-        }
+        })) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no commit or branch `{commit}` in the tracked repository: push it, or give a commit id"
+            ),
+        )),
+        Err(crate::plan::PlanError::Source(err)) => Err(ApiError::internal(err)),
+        Err(crate::plan::PlanError::InvalidHead(diagnostics)) => Ok(PlanAnswer::InvalidHead {
+            error: "invalid_head",
+            diagnostics,
+        }),
         Err(crate::plan::PlanError::HeadDoesNotCompile(diagnostics)) => {
-            return Ok(invalid_head("head_does_not_compile", &diagnostics));
+            Ok(PlanAnswer::InvalidHead {
+                error: "head_does_not_compile",
+                diagnostics,
+            })
         }
-    };
-    Ok(match format.as_str() {
-        "text" => crate::commands::plan::render_text(&plan).into_response(),
-        "markdown" => crate::commands::plan::render_markdown(&plan).into_response(),
-        _ => Json(plan).into_response(),
-    })
+    }
 }
 
 /// The revision to plan for what a caller named: a commit or a revision
@@ -1123,16 +1187,30 @@ async fn set_host_state(
     Path(id): Path<String>,
     new_state: HostState,
 ) -> Result<Json<HostSummary>, ApiError> {
-    let caller = Caller::from(&principal);
+    let updated = change_host_state(&state, &principal, &address, &id, new_state).await?;
+    Ok(Json(host_summary(&updated)))
+}
+
+/// Approves or rejects a host (by name or id) for `principal`, as the API
+/// and the dashboard both do it: `hosts:approve` on the host → the audit
+/// commit → the new state. Returns the host as it is now.
+pub(crate) async fn change_host_state(
+    state: &AppState,
+    principal: &Principal,
+    address: &ClientAddress,
+    id: &str,
+    new_state: HostState,
+) -> Result<HostRecord, ApiError> {
+    let caller = Caller::from(principal);
     let rules = state.access.current();
     rules
         .authorize(&caller, Permission::HostsApprove, &[])
         .map_err(denied)?;
     let host = state
         .store
-        .find_host(&id)
+        .find_host(id)
         .await?
-        .ok_or_else(|| not_found("host", &id))?;
+        .ok_or_else(|| not_found("host", id))?;
     rules
         .authorize(&caller, Permission::HostsApprove, &[host_input(&host)])
         .map_err(denied)?;
@@ -1159,11 +1237,13 @@ async fn set_host_state(
         .store
         .set_host_state(&host.id, new_state)
         .await?
-        .ok_or_else(|| not_found("host", &id))?;
+        .ok_or_else(|| not_found("host", id))?;
     // An approved host gets its bundle on the reconciler's next run.
     state.trigger.fire();
+    state.hub.ui.notify(super::hub::Topic::Hosts);
+    state.hub.ui.notify(super::hub::Topic::Enrollment);
     tracing::info!(user = %principal.user, host = %host.name, state = new_state.as_str(), "host state set");
-    Ok(Json(host_summary(&updated)))
+    Ok(updated)
 }
 
 // Tokens.
