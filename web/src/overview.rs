@@ -23,8 +23,8 @@ pub struct Count {
     pub label: &'static str,
     pub tone: Tone,
     pub n: usize,
-    /// The host list showing these hosts.
-    pub href: String,
+    /// The host list showing these hosts, when it can filter by this.
+    pub href: Option<String>,
 }
 
 /// The hosts the user may read, counted two ways.
@@ -141,7 +141,12 @@ fn hosts_card(title: &str, hosts: &Card<Hosts>, counts: fn(&Hosts) -> &Vec<Count
                     dl {
                         @for count in counts(hosts) {
                             dt { (parts::badge(count.tone, count.label)) }
-                            dd { a href=(count.href) { (parts::thousands(count.n)) } }
+                            dd {
+                                @match &count.href {
+                                    Some(href) => a href=(href) { (parts::thousands(count.n)) },
+                                    None => (parts::thousands(count.n)),
+                                }
+                            }
                         }
                     }
                 }

@@ -11,6 +11,7 @@ use muster_schemas::types::Duration as SpecDuration;
 
 use super::serve::{open_data_dir, open_store};
 use crate::Error;
+use crate::audit::Parameter;
 use crate::cli::{CommitsCommand, DataArgs, HostsCommand, TokenCommand, TokenCreateArgs};
 use crate::server::agent_api::token_hash;
 use crate::server::now;
@@ -84,23 +85,161 @@ pub(crate) fn random_token() -> Result<(String, String), Error> {
     Ok((token, id))
 }
 
-fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, Error> {
+/// Labels from `key=value` items, keys checked.
+pub(crate) fn parse_labels<S: AsRef<str>>(
+    labels: &[S],
+) -> Result<BTreeMap<String, String>, String> {
     labels
         .iter()
         .map(|label| {
+            let label = label.as_ref();
             let (key, value) = label
                 .split_once('=')
-                .ok_or_else(|| Error::Usage(format!("invalid label `{label}`: write key=value")))?;
+                .ok_or_else(|| format!("invalid label `{label}`: write key=value"))?;
             let valid_key = !key.is_empty()
                 && key
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
             if !valid_key {
-                return Err(Error::Usage(format!("invalid label key `{key}`")));
+                return Err(format!(
+                    "invalid label key `{key}`: use letters, digits, `.`, `_`, `-` and `/`"
+                ));
             }
             Ok((key.to_string(), value.to_string()))
         })
         .collect()
+}
+
+/// What a new enrollment token allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenSpec {
+    pub labels: BTreeMap<String, String>,
+    pub max_uses: u32,
+    pub valid_for_secs: u64,
+    pub auto_approve: bool,
+}
+
+/// Why an enrollment token was not created or revoked.
+#[derive(Debug)]
+pub(crate) enum TokenActionError {
+    /// The audit commit could not be written: nothing was done.
+    Audit(crate::audit::AuditError),
+    Store(crate::store::StoreError),
+    /// No randomness to make a secret from.
+    Randomness(String),
+}
+
+impl std::fmt::Display for TokenActionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenActionError::Audit(err) => write!(f, "{err}: nothing was done"),
+            TokenActionError::Store(err) => write!(f, "{err}"),
+            TokenActionError::Randomness(detail) => f.write_str(detail),
+        }
+    }
+}
+
+impl From<TokenActionError> for Error {
+    fn from(err: TokenActionError) -> Self {
+        match err {
+            TokenActionError::Store(err) => Error::Store(err),
+            other => Error::Usage(other.to_string()),
+        }
+    }
+}
+
+/// Creates an enrollment token, as `muster token create` and the
+/// dashboard both do it: the audit commit first (labels, uses, expiry;
+/// never the secret), then the token. Returns its record and its secret,
+/// which is shown once and stored only as a hash.
+pub(crate) async fn create_enrollment_token(
+    store: &Store,
+    audit: &crate::audit::AuditLog,
+    who: crate::audit::Who,
+    source: Option<String>,
+    spec: &TokenSpec,
+    now: i64,
+) -> Result<(TokenRecord, String), TokenActionError> {
+    let (token, id) =
+        random_token().map_err(|err| TokenActionError::Randomness(err.to_string()))?;
+    let record = TokenRecord {
+        id: id.clone(),
+        max_uses: i64::from(spec.max_uses),
+        uses: 0,
+        labels: spec.labels.clone(),
+        auto_approve: spec.auto_approve,
+        created_at: now,
+        expires_at: now.saturating_add(i64::try_from(spec.valid_for_secs).unwrap_or(i64::MAX)),
+        revoked_at: None,
+    };
+    let parameters = vec![
+        Parameter::new("labels", labels_text(&record.labels)),
+        Parameter::new("max_uses", spec.max_uses.to_string()),
+        Parameter::new("expires", format_time(record.expires_at)),
+        Parameter::new("auto_approve", spec.auto_approve.to_string()),
+    ];
+    audit
+        .record(crate::audit::Action {
+            request_id: crate::audit::new_request_id(),
+            who,
+            action: "tokens.create".into(),
+            targets: vec![format!("token {id}")],
+            summary: format!("create enrollment token {id}"),
+            parameters,
+            source,
+            time: now,
+        })
+        .await
+        .map_err(TokenActionError::Audit)?;
+    store
+        .create_token(&record, &token_hash(&token))
+        .await
+        .map_err(TokenActionError::Store)?;
+    Ok((record, token))
+}
+
+/// Revokes an enrollment token that is not revoked yet, as `muster token
+/// revoke` and the dashboard both do it: the audit commit, then the
+/// revocation. False (and nothing recorded) when there is no such token.
+pub(crate) async fn revoke_enrollment_token(
+    store: &Store,
+    audit: &crate::audit::AuditLog,
+    who: crate::audit::Who,
+    source: Option<String>,
+    id: &str,
+    now: i64,
+) -> Result<bool, TokenActionError> {
+    let known = store
+        .tokens()
+        .await
+        .map_err(TokenActionError::Store)?
+        .into_iter()
+        .any(|token| token.id == id && token.revoked_at.is_none());
+    if !known {
+        return Ok(false);
+    }
+    audit
+        .record(crate::audit::Action {
+            request_id: crate::audit::new_request_id(),
+            who,
+            action: "tokens.revoke".into(),
+            targets: vec![format!("token {id}")],
+            summary: format!("revoke enrollment token {id}"),
+            parameters: Vec::new(),
+            source,
+            time: now,
+        })
+        .await
+        .map_err(TokenActionError::Audit)?;
+    store
+        .revoke_token(id, now)
+        .await
+        .map_err(TokenActionError::Store)
+}
+
+/// The command that enrolls a host with `token`.
+pub(crate) fn enroll_command(server: &str, token: &str, public_key: &str) -> String {
+    format!("muster-agent enroll --server {server} --token {token} --pubkey {public_key}")
 }
 
 pub async fn token(command: TokenCommand) -> Result<ExitCode, Error> {
@@ -143,8 +282,18 @@ pub async fn token(command: TokenCommand) -> Result<ExitCode, Error> {
         }
         TokenCommand::Revoke { id, data } => {
             let store = open_store(&data).await?;
-            let revoked = store.revoke_token(&id, now()).await?;
+            let audit = crate::audit::AuditLog::in_data_dir(&data.data_dir);
+            let revoked = revoke_enrollment_token(
+                &store,
+                &audit,
+                crate::audit::Who::local(),
+                None,
+                &id,
+                now(),
+            )
+            .await;
             store.close().await;
+            let revoked = revoked?;
             if revoked {
                 println!("revoked token {id}");
                 Ok(ExitCode::SUCCESS)
@@ -165,7 +314,7 @@ async fn create_token(args: TokenCreateArgs) -> Result<ExitCode, Error> {
         .ttl
         .parse::<SpecDuration>()
         .map_err(|err| Error::Usage(format!("invalid --ttl `{}`: {err}", args.ttl)))?;
-    let labels = parse_labels(&args.labels)?;
+    let labels = parse_labels(&args.labels).map_err(Error::Usage)?;
     let (key, _) = open_data_dir(&args.data.data_dir)?;
     let store = open_store(&args.data).await?;
     let server = match args.server {
@@ -177,20 +326,25 @@ async fn create_token(args: TokenCreateArgs) -> Result<ExitCode, Error> {
             )
         })?,
     };
-    let (token, id) = random_token()?;
-    let now = now();
-    let record = TokenRecord {
-        id: id.clone(),
-        max_uses: i64::from(args.uses),
-        uses: 0,
+    let spec = TokenSpec {
         labels,
+        max_uses: args.uses,
+        valid_for_secs: ttl.as_secs(),
         auto_approve: args.auto_approve,
-        created_at: now,
-        expires_at: now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
-        revoked_at: None,
     };
-    store.create_token(&record, &token_hash(&token)).await?;
+    let audit = crate::audit::AuditLog::in_data_dir(&args.data.data_dir);
+    let created = create_enrollment_token(
+        &store,
+        &audit,
+        crate::audit::Who::local(),
+        None,
+        &spec,
+        now(),
+    )
+    .await;
     store.close().await;
+    let (record, token) = created?;
+    let id = &record.id;
     println!(
         "token {id}: {} {}, expires {}{}{}",
         args.uses,
@@ -209,10 +363,7 @@ async fn create_token(args: TokenCreateArgs) -> Result<ExitCode, Error> {
     );
     println!("The token is shown only now. Enroll a host with:");
     println!();
-    println!(
-        "  muster-agent enroll --server {server} --token {token} --pubkey {}",
-        key.public_key()
-    );
+    println!("  {}", enroll_command(&server, &token, &key.public_key()));
     Ok(ExitCode::SUCCESS)
 }
 

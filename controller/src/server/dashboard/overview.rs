@@ -103,14 +103,15 @@ fn presence_filter(presence: Presence) -> &'static str {
     presence.as_str()
 }
 
-/// The value of `/hosts?state=` that lists the hosts of a sync state.
-fn sync_filter(sync: Sync) -> &'static str {
+/// The value of `/hosts?state=` that lists the hosts of a sync state;
+/// the host list has no filter for hosts that never reported.
+fn sync_filter(sync: Sync) -> Option<&'static str> {
     match sync {
-        Sync::InSync => "in_sync",
-        Sync::Drifted => "drifted",
-        Sync::Failing => "failing",
-        Sync::Behind => "behind",
-        Sync::Unknown => "no_report",
+        Sync::InSync => Some("in_sync"),
+        Sync::Drifted => Some("drifted"),
+        Sync::Failing => Some("failing"),
+        Sync::Behind => Some("behind"),
+        Sync::Unknown => None,
     }
 }
 
@@ -124,11 +125,11 @@ fn host_counts(rows: &[&HostRow], now: i64) -> overview::Hosts {
             *sync.entry(row.sync()).or_default() += 1;
         }
     }
-    let count = |label: &'static str, tone: Tone, n: usize, filter: &str| Count {
+    let count = |label: &'static str, tone: Tone, n: usize, filter: Option<&str>| Count {
         label,
         tone,
         n,
-        href: format!("/hosts?state={filter}"),
+        href: filter.map(|filter| format!("/hosts?state={filter}")),
     };
     let by_presence = [
         (Presence::Online, Tone::Good),
@@ -142,7 +143,7 @@ fn host_counts(rows: &[&HostRow], now: i64) -> overview::Hosts {
             p.as_str(),
             tone,
             presence.get(&p).copied().unwrap_or(0),
-            presence_filter(p),
+            Some(presence_filter(p)),
         )
     })
     .collect();
