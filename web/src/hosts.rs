@@ -197,7 +197,7 @@ pub fn list(chrome: &Chrome, list: &HostList) -> Markup {
                 ))
             } @else {
                 p.summary {
-                    strong { (parts::thousands(list.n_matching)) }
+                    (parts::thousands(list.n_matching))
                     @if list.n_matching == 1 { " host matches" } @else { " hosts match" }
                     @if query.is_filtered() {
                         " (of " (parts::thousands(list.n_hosts)) ") · " a href="/hosts" { "clear the filters" }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use sqlx::Row;
 
 use crate::compile::{HostInput, LABEL_FACTS};
-use crate::store::{Store, StoreError};
+use crate::store::{BundleRecord, HostRecord, Store, StoreError};
 
 /// A host unheard of for longer than this is offline: agents long-poll
 /// and report at least every minute by default, so three minutes of
@@ -108,6 +108,27 @@ impl HostRow {
             Some("drifted") => Sync::Drifted,
             Some("in_sync" | "stale") => Sync::InSync,
             _ => Sync::Unknown,
+        }
+    }
+
+    /// The row of a full host record and its bundle in force, for pages
+    /// about one host.
+    pub fn of_record(host: &HostRecord, bundle: Option<&BundleRecord>) -> HostRow {
+        HostRow {
+            id: host.id.clone(),
+            name: host.name.clone(),
+            state: host.state.as_str().to_string(),
+            labels: host.labels.clone(),
+            label_facts: LABEL_FACTS
+                .iter()
+                .filter_map(|name| Some((name.to_string(), host.facts.get(*name)?.clone())))
+                .collect(),
+            enrolled_at: host.enrolled_at,
+            last_seen_at: host.last_seen_at,
+            applied_generation: host.applied_generation,
+            run_status: host.run_status.clone(),
+            bundle_generation: bundle.map(|bundle| bundle.generation),
+            bundle_commit: bundle.map(|bundle| bundle.commit_id.clone()),
         }
     }
 
