@@ -309,7 +309,7 @@ fn table(now: i64, list: &HostList) -> Markup {
                                 span.tag { (key) "=" (value) } " "
                             }
                         }
-                        td.number { (generations(row.applied_generation, row.bundle_generation)) }
+                        td.num { (generations(row.applied_generation, row.bundle_generation)) }
                         td { (parts::maybe_time(now, row.last_seen_at, "never")) }
                     }
                 }
@@ -625,7 +625,7 @@ fn jobs(now: i64, jobs: &[JobRow]) -> Markup {
                         td { (parts::time(now, job.created_at)) }
                         td { (parts::maybe_time(now, job.started_at, "–")) }
                         td { (parts::maybe_time(now, job.finished_at, "–")) }
-                        td.number {
+                        td.num {
                             @match job.exit_code {
                                 Some(code) => (code),
                                 None => span.muted { "–" },
@@ -723,9 +723,9 @@ fn facts(facts: &Map<String, Value>) -> Markup {
                         @let available = disk.get("available_bytes").and_then(Value::as_u64);
                         tr {
                             td { code { (disk.get("mount_point").map(fact_text).unwrap_or_default()) } }
-                            td.number { (total.map(bytes).unwrap_or_else(|| "–".into())) }
-                            td.number { (available.map(bytes).unwrap_or_else(|| "–".into())) }
-                            td.number {
+                            td.num { (total.map(bytes).unwrap_or_else(|| "–".into())) }
+                            td.num { (available.map(bytes).unwrap_or_else(|| "–".into())) }
+                            td.num {
                                 @match (total, available) {
                                     (Some(total), Some(available)) if total > 0 => {
                                         (parts::percent(total.saturating_sub(available) as usize, total as usize))
