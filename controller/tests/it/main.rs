@@ -6,6 +6,7 @@ mod agents;
 mod agents_attacks;
 mod agents_offline;
 mod audit;
+mod browser;
 mod cli;
 mod controller;
 mod corpus;

@@ -7,6 +7,7 @@ pub(crate) mod cli;
 pub(crate) mod dashboard;
 pub(crate) mod git;
 pub(crate) mod proxy;
+pub(crate) mod webdriver;
 
 use std::collections::BTreeMap;
 use std::fs;

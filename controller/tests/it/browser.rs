@@ -1,0 +1,265 @@
+//! The dashboard in a real browser: headless Chromium over WebDriver
+//! against a real controller with real sandboxed agents. Logging in, hosts
+//! converging live, a drifted host's diff, approving a pending host,
+//! running a script and watching its result arrive, logging out. Each test
+//! saves screenshots of the pages it visits under
+//! `target/dashboard-screenshots/`.
+//!
+//! They skip (saying so) where Chromium and chromedriver are missing,
+//! unless `MUSTER_TEST_BROWSER` is set, as CI sets it. They run on SQLite
+//! only: what they test is the pages in a browser, and the handlers behind
+//! them run on both backends in their own tests. They take turns, since a
+//! Chromium each at once would crowd a small machine.
+
+use muster_controller::store::CommitState;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::db::TestDb;
+use crate::harness::Harness;
+use crate::support::agent::TestAgent;
+use crate::support::dashboard::add_user;
+use crate::support::webdriver::Browser;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// One browser test at a time.
+async fn take_turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::const_new(());
+    TURN.lock().await
+}
+
+/// A controller on the example fleet with the user `alice` (an admin in
+/// the example's RBAC), and a browser; `None` when the browser tests are
+/// skipped.
+async fn start(test: &str) -> Option<(Harness, Browser)> {
+    let browser = Browser::start(test).await?;
+    let harness = Harness::start(TestDb::sqlite().await).await;
+    add_user(&harness, "alice", PASSWORD).await;
+    Some((harness, browser))
+}
+
+/// Fills the login form and sends it.
+async fn submit_login(browser: &Browser, user: &str, password: &str) {
+    browser.fill("form.login input[name=user]", user).await;
+    browser
+        .fill("form.login input[name=password]", password)
+        .await;
+    let button = browser.wait_for("form.login button[type=submit]").await;
+    browser.click(&button).await;
+}
+
+/// Logs in through the form and waits to be past it.
+async fn log_in(harness: &Harness, browser: &Browser, user: &str) {
+    browser.goto(&format!("{}/login", harness.url)).await;
+    submit_login(browser, user, PASSWORD).await;
+    browser
+        .wait_for_path("a page past the login form", |path| {
+            !path.starts_with("/login")
+        })
+        .await;
+}
+
+/// The row of `host` in the host list.
+const HOST_ROWS: &str = "#hosts-table tbody tr";
+
+/// Enrolls a real agent on a token that approves it, with `role`; it has
+/// not run yet.
+async fn enrolled_agent(harness: &Harness, name: &str, role: &str) -> TestAgent {
+    let token = harness.token(1, true, &[("role", role)], 3600).await;
+    let agent = TestAgent::new(name);
+    agent.enroll(harness, &token, name).await;
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_login_then_hosts_converge_live() {
+    let _turn = take_turn().await;
+    let Some((harness, browser)) = start("converge").await else {
+        return;
+    };
+    let web = enrolled_agent(&harness, "web-01", "web").await;
+    let database = enrolled_agent(&harness, "db-01", "db").await;
+
+    // Anyone not logged in lands on the form; a wrong password is refused
+    // there, saying so.
+    browser.goto(&format!("{}/", harness.url)).await;
+    browser
+        .wait_for_path("the login form", |path| path.starts_with("/login"))
+        .await;
+    submit_login(&browser, "alice", "not her password").await;
+    let error = browser.wait_for("form.login .notice.error").await;
+    assert!(
+        browser.text(&error).await.contains("password"),
+        "{}",
+        browser.page_text().await
+    );
+    let user = browser.wait_for("form.login input[name=user]").await;
+    assert_eq!(
+        browser.property(&user, "value").await.as_deref(),
+        Some("alice")
+    );
+    browser.screenshot("login").await;
+
+    submit_login(&browser, "alice", PASSWORD).await;
+    let landed = browser
+        .wait_for_path("a page past the login form", |path| {
+            !path.starts_with("/login")
+        })
+        .await;
+    assert_eq!(landed, "/");
+    browser.wait_for_text("main h1", "Overview").await;
+    // Both hosts are known and have not reported: none is in sync yet.
+    let in_sync = browser
+        .wait_for("#overview a[href='/hosts?state=in_sync']")
+        .await;
+    assert_eq!(browser.text(&in_sync).await, "0");
+
+    // The agents converge while the overview is open: the counts change
+    // in place, without a reload.
+    let overview = browser.page_token().await;
+    web.converge_once().await;
+    database.converge_once().await;
+    browser
+        .until("the overview to count 2 hosts in sync", || async {
+            let link = browser
+                .find("#overview a[href='/hosts?state=in_sync']")
+                .await?;
+            let shown = browser.try_text(&link).await.ok()?;
+            (shown == "2").then_some(())
+        })
+        .await;
+    browser
+        .assert_same_page(&overview, "the overview counting hosts in sync")
+        .await;
+    browser.screenshot("overview").await;
+
+    // The host list says the same, host by host.
+    let hosts_link = browser.wait_for_text("header.top nav a", "Hosts").await;
+    browser.click(&hosts_link).await;
+    browser
+        .wait_for_path("the host list", |path| path.starts_with("/hosts"))
+        .await;
+    for name in ["web-01", "db-01"] {
+        browser
+            .wait_for_all(HOST_ROWS, &[name, "online", "in sync"])
+            .await;
+    }
+    browser.screenshot("hosts").await;
+    browser.close().await;
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_shows_a_drifted_host_and_its_diff() {
+    let _turn = take_turn().await;
+    let Some((harness, browser)) = start("drift").await else {
+        return;
+    };
+    let web = enrolled_agent(&harness, "web-01", "web").await;
+    web.converge_once().await;
+    // The login banner only audited, not enforced: a hand edit stays, and
+    // the agent reports it as drift with its diff instead of repairing it.
+    harness.repo.edit(
+        "policies/motd.yaml",
+        "name: motd\n",
+        "name: motd\nmode: audit\n",
+    );
+    let audit_only = harness.repo.commit_all("Only audit the login banner");
+    let commit = harness.commit_state(&audit_only).await;
+    assert_eq!(commit.state, CommitState::Deployed, "{commit:?}");
+    web.converge_once().await;
+
+    log_in(&harness, &browser, "alice").await;
+    browser.goto(&format!("{}/hosts", harness.url)).await;
+    browser
+        .wait_for_all(HOST_ROWS, &["web-01", "online", "in sync"])
+        .await;
+    let list = browser.page_token().await;
+
+    web.tamper("/etc/motd", "Edited by hand on the host.\n", 0o644);
+    // `run --once` exits 0 once the controller has the report, drift or not.
+    web.converge_once().await;
+    browser
+        .wait_for_all(HOST_ROWS, &["web-01", "drifted"])
+        .await;
+    browser
+        .assert_same_page(&list, "the host list showing the drift")
+        .await;
+    browser.screenshot("hosts").await;
+
+    // The host's page shows the drifted file with its diff: the line
+    // found on the host removed, the repo's lines added.
+    let row = browser.wait_for_all(HOST_ROWS, &["web-01"]).await;
+    let link = browser
+        .find_within(&row, "a[href^='/hosts/']")
+        .await
+        .into_iter()
+        .next()
+        .expect("the row links to the host");
+    browser.click(&link).await;
+    browser
+        .wait_for_path("the host's page", |path| path.starts_with("/hosts/"))
+        .await;
+    browser.wait_for_text("main h1", "web-01").await;
+    let diff = browser
+        .wait_for_all(
+            "#host-detail pre.diff",
+            &[
+                "-Edited by hand on the host.",
+                "+This host is managed by muster.",
+            ],
+        )
+        .await;
+    let removed = browser.find_within(&diff, ".del").await;
+    assert!(!removed.is_empty(), "the removed line is marked");
+    browser
+        .wait_for_all("#host-detail tr", &["/etc/motd", "drifted"])
+        .await;
+    browser.screenshot("host-detail").await;
+    browser.close().await;
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_logout_ends_the_session() {
+    let _turn = take_turn().await;
+    let Some((harness, browser)) = start("logout").await else {
+        return;
+    };
+    log_in(&harness, &browser, "alice").await;
+    browser.wait_for_text("main h1", "Overview").await;
+    let session = browser
+        .cookie("muster_session")
+        .await
+        .expect("a logged-in browser holds the session cookie");
+    let logout = browser.wait_for_text("header.top button", "Log out").await;
+    browser.click(&logout).await;
+    browser
+        .wait_for_path("the login form", |path| path.starts_with("/login"))
+        .await;
+    browser.wait_for("form.login").await;
+    assert_eq!(browser.cookie("muster_session").await, None);
+
+    // The old cookie, kept or stolen, opens nothing any more: in the
+    // browser, and sent by anyone else.
+    browser.set_cookie("muster_session", &session).await;
+    browser.goto(&format!("{}/hosts", harness.url)).await;
+    browser
+        .wait_for_path("the login form", |path| path.starts_with("/login"))
+        .await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let answer = no_redirects
+        .get(format!("{}/hosts", harness.url))
+        .header("cookie", format!("muster_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_redirection(), "{}", answer.status());
+    let location = answer.headers()["location"].to_str().unwrap();
+    assert!(location.starts_with("/login"), "{location}");
+    browser.close().await;
+    harness.stop().await;
+}
