@@ -1057,7 +1057,7 @@ async fn plan_route(
 
 /// A plan, or why its head cannot be planned.
 pub(crate) enum PlanAnswer {
-    Plan(crate::plan::Plan),
+    Plan(Box<crate::plan::Plan>),
     /// The head does not validate (`invalid_head`) or does not compile
     /// (`head_does_not_compile`): every diagnostic.
     InvalidHead {
@@ -1111,7 +1111,7 @@ pub(crate) async fn plan_as(
     .await
     .map_err(ApiError::internal)?;
     match built {
-        Ok(plan) => Ok(PlanAnswer::Plan(plan)),
+        Ok(plan) => Ok(PlanAnswer::Plan(Box::new(plan))),
         Err(crate::plan::PlanError::Source(crate::source::SourceError::UnknownCommit {
             commit,
         })) => Err(ApiError::new(
