@@ -263,3 +263,93 @@ async fn browser_logout_ends_the_session() {
     browser.close().await;
     harness.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_approves_a_pending_host_which_then_converges() {
+    let _turn = take_turn().await;
+    let Some((harness, browser)) = start("approve").await else {
+        return;
+    };
+    log_in(&harness, &browser, "alice").await;
+    let enrollment_link = browser
+        .wait_for_text("header.top nav a", "Enrollment")
+        .await;
+    browser.click(&enrollment_link).await;
+    browser
+        .wait_for_path("the enrollment page", |path| path == "/enrollment")
+        .await;
+    browser
+        .wait_for_text("#enrollment", "No hosts are waiting for approval")
+        .await;
+
+    // A token made on the page, which does not approve at once (the
+    // form's default); its secret is shown once, on the page.
+    browser
+        .fill("form.token-form input[name=labels]", "role=web")
+        .await;
+    let auto_approve = browser
+        .wait_for("form.token-form input[name=auto_approve]")
+        .await;
+    assert_eq!(
+        browser.property(&auto_approve, "checked").await.as_deref(),
+        Some("false")
+    );
+    let create = browser
+        .wait_for_text("form.token-form button", "Create token")
+        .await;
+    browser.click(&create).await;
+    let secret = browser.wait_for(".created-token code.secret").await;
+    let secret = browser.text(&secret).await;
+    assert!(!secret.is_empty());
+
+    // The agent enrolls with it while the page is open: the host appears
+    // among the pending ones in place.
+    let page = browser.page_token().await;
+    let agent = TestAgent::new("web-07");
+    agent.enroll(&harness, &secret, "web-07").await;
+    let pending_row = browser
+        .wait_for_all("#enrollment table.pending tbody tr", &["web-07"])
+        .await;
+    browser
+        .assert_same_page(&page, "the pending host appearing")
+        .await;
+    browser.screenshot("enrollment").await;
+    // Pending, the agent gets no bundle and changes nothing.
+    let refused = agent.run_once().await;
+    assert!(!refused.status.success());
+    assert_eq!(agent.file("/etc/motd"), None);
+
+    let approve = browser
+        .find_within(&pending_row, "button[type=submit]")
+        .await;
+    let mut approve_button = None;
+    for button in approve {
+        if browser.text(&button).await == "Approve" {
+            approve_button = Some(button);
+        }
+    }
+    browser
+        .click(&approve_button.expect("the pending host has an Approve button"))
+        .await;
+    browser
+        .wait_for_text(".notice.success", "web-07 approved")
+        .await;
+    browser
+        .wait_for_text("#enrollment", "No hosts are waiting for approval")
+        .await;
+    browser.screenshot("enrollment-approved").await;
+
+    // Approved, it converges, and the host list says so.
+    agent.converge_once().await;
+    assert!(
+        agent
+            .file("/etc/motd")
+            .is_some_and(|motd| motd.contains("managed by muster"))
+    );
+    browser.goto(&format!("{}/hosts", harness.url)).await;
+    browser
+        .wait_for_all(HOST_ROWS, &["web-07", "online", "in sync"])
+        .await;
+    browser.close().await;
+    harness.stop().await;
+}
