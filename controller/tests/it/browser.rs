@@ -216,6 +216,21 @@ async fn browser_shows_a_drifted_host_and_its_diff() {
         .wait_for_all("#host-detail tr", &["/etc/motd", "drifted"])
         .await;
     browser.screenshot("host-detail").await;
+
+    // The commit that made the banner audit-only is deployed, and reached
+    // the host.
+    let commits_link = browser.wait_for_text("header.top nav a", "Commits").await;
+    browser.click(&commits_link).await;
+    browser
+        .wait_for_path("the commits page", |path| path.starts_with("/commits"))
+        .await;
+    browser
+        .wait_for_all(
+            "#commits-list table.commits tbody tr",
+            &["Only audit the login banner", "deployed"],
+        )
+        .await;
+    browser.screenshot("commits").await;
     browser.close().await;
     harness.stop().await;
 }
@@ -350,6 +365,102 @@ async fn browser_approves_a_pending_host_which_then_converges() {
     browser
         .wait_for_all(HOST_ROWS, &["web-07", "online", "in sync"])
         .await;
+
+    // The audit log records who approved it.
+    let audit_link = browser.wait_for_text("header.top nav a", "Audit").await;
+    browser.click(&audit_link).await;
+    browser
+        .wait_for_path("the audit log", |path| path.starts_with("/audit"))
+        .await;
+    browser
+        .wait_for_all(
+            "#audit-log table.audit tbody tr",
+            &["alice", "hosts.approve"],
+        )
+        .await;
+    browser.screenshot("audit").await;
+    browser.close().await;
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_runs_a_script_and_its_result_arrives_live() {
+    let _turn = take_turn().await;
+    let Some((harness, browser)) = start("jobs").await else {
+        return;
+    };
+    let web = enrolled_agent(&harness, "web-01", "web").await;
+    web.converge_once().await;
+
+    log_in(&harness, &browser, "alice").await;
+    let jobs_link = browser.wait_for_text("header.top nav a", "Jobs").await;
+    browser.click(&jobs_link).await;
+    browser
+        .wait_for_path("the jobs page", |path| path.starts_with("/jobs"))
+        .await;
+    // First the script, then its own form, built from its parameters.
+    // `restart-service` runs in a sandboxed agent: it records the restart
+    // beneath the agent's root.
+    browser
+        .choose("#run form.filters select[name=script]", "restart-service")
+        .await;
+    let choose = browser
+        .wait_for_text("#run form.filters button", "Choose")
+        .await;
+    browser.click(&choose).await;
+    browser.fill("form.run #field-service", "nginx").await;
+    browser.choose("form.run select[name=group]", "web").await;
+    let run = browser
+        .wait_for_text("form.run button[type=submit]", "Run restart-service")
+        .await;
+    browser.click(&run).await;
+    let action_path = browser
+        .wait_for_path("the action's page", |path| {
+            path.starts_with("/jobs/") && path != "/jobs/run"
+        })
+        .await;
+
+    // No agent polls yet: the job waits. Then the agent runs, and its
+    // result appears on the open page.
+    browser
+        .wait_for_all("#action-detail section.job", &["web-01", "No output yet."])
+        .await;
+    let page = browser.page_token().await;
+    let running = web.spawn();
+    let job = browser
+        .wait_for_all(
+            "#action-detail section.job",
+            &["web-01", "exit code 0", "recorded a restart of nginx"],
+        )
+        .await;
+    let output = browser.find_within(&job, "pre.output").await;
+    assert_eq!(output.len(), 1, "stdout only, no stderr");
+    browser
+        .assert_same_page(&page, "the job's result arriving")
+        .await;
+    browser
+        .wait_for_all("#action-detail dl.facts", &["completed", "nginx"])
+        .await;
+    assert_eq!(browser.path().await, action_path);
+    browser.screenshot("action").await;
+    assert_eq!(
+        web.file("/var/lib/restart-service/requests").as_deref(),
+        Some("nginx\n")
+    );
+    drop(running);
+
+    // The list shows the action, linked to its page.
+    let all_jobs = browser
+        .wait_for_text("main a[href='/jobs']", "All jobs")
+        .await;
+    browser.click(&all_jobs).await;
+    browser
+        .wait_for_path("the jobs page", |path| path == "/jobs")
+        .await;
+    browser
+        .wait_for_all("#jobs-list tr", &["restart-service", "alice"])
+        .await;
+    browser.screenshot("jobs").await;
     browser.close().await;
     harness.stop().await;
 }

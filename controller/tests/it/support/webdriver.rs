@@ -414,6 +414,23 @@ impl Browser {
         self.type_into(&input, text).await;
     }
 
+    /// Picks the option whose visible text is `label` in the select
+    /// matching `css`, as a user clicks it.
+    pub(crate) async fn choose(&self, css: &str, label: &str) {
+        let what = format!("the option `{label}` of `{css}`");
+        let option = self
+            .until(&what, || async {
+                for option in self.find_all(&format!("{css} option")).await {
+                    if self.try_text(&option).await.ok()?.trim() == label {
+                        return Some(option);
+                    }
+                }
+                None
+            })
+            .await;
+        self.click(&option).await;
+    }
+
     /// The session's cookie `name` (HttpOnly ones included).
     pub(crate) async fn cookie(&self, name: &str) -> Option<String> {
         let cookie = self.get(&format!("/cookie/{name}")).await.ok()?;
