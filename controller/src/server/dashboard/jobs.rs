@@ -64,9 +64,10 @@ async fn list(
     viewer.require(&state, Permission::JobsRead)?;
     let run = run_form(&state, &viewer.caller()).map(|mut form| {
         if let Some(name) = params.script.as_deref().filter(|name| !name.is_empty()) {
-            match form.scripts.iter().any(|script| script.name == name) {
-                true => form.chosen = chosen_script(&state, name, &Submitted::default()),
-                false => form.unknown_script = Some(name.to_string()),
+            if form.scripts.iter().any(|script| script.name == name) {
+                form.chosen = chosen_script(&state, name, &Submitted::default());
+            } else {
+                form.unknown_script = Some(name.to_string());
             }
         }
         form
