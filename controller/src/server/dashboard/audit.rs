@@ -222,7 +222,7 @@ async fn show(
 mod tests {
     use super::*;
 
-    const NOW: i64 = 1_764_450_000;
+    const NOW: i64 = 1_796_072_400;
 
     fn query(range: &str, since: &str, until: &str) -> AuditQuery {
         AuditQuery {
@@ -240,8 +240,8 @@ mod tests {
             Some(NOW - 86_400)
         );
         let dates = wanted(&query("", "2026-11-01", "2026-11-02"), NOW).unwrap();
-        assert_eq!(dates.since, Some(1_761_955_200));
-        assert_eq!(dates.until, Some(1_761_955_200 + 2 * 86_400));
+        assert_eq!(dates.since, Some(1_793_491_200));
+        assert_eq!(dates.until, Some(1_793_491_200 + 2 * 86_400));
         // The later start wins when both are given.
         assert_eq!(
             wanted(&query("7d", "2026-01-01", ""), NOW).unwrap().since,

@@ -431,3 +431,63 @@ async fn revoke_token(
         )),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(labels: &str, max_uses: &str, hours: &str, auto: bool) -> TokenFields {
+        TokenFields {
+            labels: labels.into(),
+            max_uses: max_uses.into(),
+            valid_for_hours: hours.into(),
+            auto_approve: auto.then(|| "on".to_string()),
+        }
+    }
+
+    #[test]
+    fn the_token_form_reads_labels_uses_and_hours() {
+        let spec = token_spec(&fields(" role=web, site=fra1 ,", "3", "48", true)).unwrap();
+        assert_eq!(
+            spec,
+            TokenSpec {
+                labels: BTreeMap::from([
+                    ("role".to_string(), "web".to_string()),
+                    ("site".to_string(), "fra1".to_string()),
+                ]),
+                max_uses: 3,
+                valid_for_secs: 48 * 3_600,
+                auto_approve: true,
+            }
+        );
+        assert!(
+            token_spec(&fields("", "1", "1", false))
+                .unwrap()
+                .labels
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_token_form_says_what_to_fix() {
+        let error = token_spec(&fields("role", "1", "1", false)).unwrap_err();
+        assert!(error.contains("write key=value"), "{error}");
+        let error = token_spec(&fields("", "0", "1", false)).unwrap_err();
+        assert!(error.contains("at least 1"), "{error}");
+        let error = token_spec(&fields("", "1", "100000", false)).unwrap_err();
+        assert!(error.contains("hours from 1"), "{error}");
+    }
+
+    #[test]
+    fn the_address_shown_skips_loopback_and_link_local() {
+        let facts: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "interfaces": {
+                "eth0": {"addresses": ["fe80::1/64", "10.0.0.4/24"]},
+                "lo": {"addresses": ["127.0.0.1/8", "::1/128"]},
+            }
+        }))
+        .unwrap();
+        assert_eq!(first_address(&facts).as_deref(), Some("10.0.0.4/24"));
+        assert_eq!(first_address(&Map::new()), None);
+    }
+}
