@@ -71,6 +71,19 @@ async fn enrolled_agent(harness: &Harness, name: &str, role: &str) -> TestAgent 
     agent
 }
 
+/// Waits until the overview counts `n` hosts in `state`, its link to the
+/// host list filtered by that state.
+async fn wait_for_count(browser: &Browser, state: &str, n: &str) {
+    let link = format!("#overview a[href='/hosts?state={state}']");
+    let what = format!("the overview to count {n} hosts {state}");
+    browser
+        .until(&what, || async {
+            let shown = browser.try_text(&browser.find(&link).await?).await.ok()?;
+            (shown == n).then_some(())
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_login_then_hosts_converge_live() {
     let _turn = take_turn().await;
@@ -108,26 +121,19 @@ async fn browser_login_then_hosts_converge_live() {
         .await;
     assert_eq!(landed, "/");
     browser.wait_for_text("main h1", "Overview").await;
-    // Both hosts are known and have not reported: none is in sync yet.
-    let in_sync = browser
-        .wait_for("#overview a[href='/hosts?state=in_sync']")
-        .await;
-    assert_eq!(browser.text(&in_sync).await, "0");
+    // Both hosts are known, online, and have not reported: behind the
+    // deployed commit, none in sync yet.
+    wait_for_count(&browser, "online", "2").await;
+    wait_for_count(&browser, "behind", "2").await;
+    wait_for_count(&browser, "in_sync", "0").await;
 
     // The agents converge while the overview is open: the counts change
     // in place, without a reload.
-    let overview = browser.page_token().await;
+    let overview = browser.live_page().await;
     web.converge_once().await;
     database.converge_once().await;
-    browser
-        .until("the overview to count 2 hosts in sync", || async {
-            let link = browser
-                .find("#overview a[href='/hosts?state=in_sync']")
-                .await?;
-            let shown = browser.try_text(&link).await.ok()?;
-            (shown == "2").then_some(())
-        })
-        .await;
+    wait_for_count(&browser, "in_sync", "2").await;
+    wait_for_count(&browser, "behind", "0").await;
     browser
         .assert_same_page(&overview, "the overview counting hosts in sync")
         .await;
@@ -174,7 +180,7 @@ async fn browser_shows_a_drifted_host_and_its_diff() {
     browser
         .wait_for_all(HOST_ROWS, &["web-01", "online", "in sync"])
         .await;
-    let list = browser.page_token().await;
+    let list = browser.live_page().await;
 
     web.tamper("/etc/motd", "Edited by hand on the host.\n", 0o644);
     // `run --once` exits 0 once the controller has the report, drift or not.
@@ -189,19 +195,14 @@ async fn browser_shows_a_drifted_host_and_its_diff() {
 
     // The host's page shows the drifted file with its diff: the line
     // found on the host removed, the repo's lines added.
-    let row = browser.wait_for_all(HOST_ROWS, &["web-01"]).await;
-    let link = browser
-        .find_within(&row, "a[href^='/hosts/']")
-        .await
-        .into_iter()
-        .next()
-        .expect("the row links to the host");
-    browser.click(&link).await;
+    browser
+        .click_within(HOST_ROWS, &["web-01"], "a[href^='/hosts/']", "web-01")
+        .await;
     browser
         .wait_for_path("the host's page", |path| path.starts_with("/hosts/"))
         .await;
     browser.wait_for_text("main h1", "web-01").await;
-    let diff = browser
+    browser
         .wait_for_all(
             "#host-detail pre.diff",
             &[
@@ -210,7 +211,7 @@ async fn browser_shows_a_drifted_host_and_its_diff() {
             ],
         )
         .await;
-    let removed = browser.find_within(&diff, ".del").await;
+    let removed = browser.find_all("#host-detail pre.diff .del").await;
     assert!(!removed.is_empty(), "the removed line is marked");
     browser
         .wait_for_all("#host-detail tr", &["/etc/motd", "drifted"])
@@ -319,10 +320,10 @@ async fn browser_approves_a_pending_host_which_then_converges() {
 
     // The agent enrolls with it while the page is open: the host appears
     // among the pending ones in place.
-    let page = browser.page_token().await;
+    let page = browser.live_page().await;
     let agent = TestAgent::new("web-07");
     agent.enroll(&harness, &secret, "web-07").await;
-    let pending_row = browser
+    browser
         .wait_for_all("#enrollment table.pending tbody tr", &["web-07"])
         .await;
     browser
@@ -334,17 +335,13 @@ async fn browser_approves_a_pending_host_which_then_converges() {
     assert!(!refused.status.success());
     assert_eq!(agent.file("/etc/motd"), None);
 
-    let approve = browser
-        .find_within(&pending_row, "button[type=submit]")
-        .await;
-    let mut approve_button = None;
-    for button in approve {
-        if browser.text(&button).await == "Approve" {
-            approve_button = Some(button);
-        }
-    }
     browser
-        .click(&approve_button.expect("the pending host has an Approve button"))
+        .click_within(
+            "#enrollment table.pending tbody tr",
+            &["web-07"],
+            "button[type=submit]",
+            "Approve",
+        )
         .await;
     browser
         .wait_for_text(".notice.success", "web-07 approved")
@@ -413,6 +410,7 @@ async fn browser_runs_a_script_and_its_result_arrives_live() {
     let run = browser
         .wait_for_text("form.run button[type=submit]", "Run restart-service")
         .await;
+    browser.screenshot("run-form").await;
     browser.click(&run).await;
     let action_path = browser
         .wait_for_path("the action's page", |path| {
@@ -425,16 +423,16 @@ async fn browser_runs_a_script_and_its_result_arrives_live() {
     browser
         .wait_for_all("#action-detail section.job", &["web-01", "No output yet."])
         .await;
-    let page = browser.page_token().await;
+    let page = browser.live_page().await;
     let running = web.spawn();
-    let job = browser
+    browser
         .wait_for_all(
             "#action-detail section.job",
             &["web-01", "exit code 0", "recorded a restart of nginx"],
         )
         .await;
-    let output = browser.find_within(&job, "pre.output").await;
-    assert_eq!(output.len(), 1, "stdout only, no stderr");
+    let stderr = browser.find_all("#action-detail pre.output.stderr").await;
+    assert!(stderr.is_empty(), "the script wrote nothing to stderr");
     browser
         .assert_same_page(&page, "the job's result arriving")
         .await;

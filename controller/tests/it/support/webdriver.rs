@@ -138,6 +138,22 @@ pub(crate) fn screenshot_dir() -> PathBuf {
     target_dir().join("dashboard-screenshots")
 }
 
+/// Removes the screenshots an earlier run of `test` left, so that the
+/// dir shows this run's pages only (and no stale failure).
+fn remove_screenshots(test: &str) {
+    let Ok(entries) = fs::read_dir(screenshot_dir()) else {
+        return;
+    };
+    let prefix = format!("{test}-");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".png") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -174,6 +190,7 @@ impl Browser {
             .no_proxy()
             .build()
             .expect("an HTTP client builds");
+        remove_screenshots(test);
         let dir = TempDir::new(&format!("browser-{test}"));
         let profile = dir.path().join("profile");
         fs::create_dir_all(&profile).unwrap();
@@ -503,17 +520,60 @@ impl Browser {
         .await
     }
 
-    /// The elements matching `css` inside `element` (the button of one
-    /// table row, say).
-    pub(crate) async fn find_within(&self, element: &Element, css: &str) -> Vec<Element> {
+    /// The elements matching `css` inside `element`, or the error when
+    /// the element is gone.
+    async fn try_find_within(
+        &self,
+        element: &Element,
+        css: &str,
+    ) -> Result<Vec<Element>, WebDriverError> {
         let found = self
             .post(
                 &format!("/element/{}/elements", element.id),
                 json!({"using": "css selector", "value": css}),
             )
-            .await
-            .unwrap_or_else(|err| panic!("cannot look for `{css}` in an element: {err}"));
-        elements_of(&found)
+            .await?;
+        Ok(elements_of(&found))
+    }
+
+    /// Clicks the `target` whose text contains `label` inside an element
+    /// matching `css` that shows every one of `texts` (the Approve button
+    /// of one table row, say). A live region may replace the row between
+    /// finding and clicking: then it tries again with the new one.
+    pub(crate) async fn click_within(&self, css: &str, texts: &[&str], target: &str, label: &str) {
+        let what = format!("`{target}` labelled `{label}` in an element `{css}` showing {texts:?}");
+        self.until(&what, || async {
+            for container in self.find_all(css).await {
+                let Ok(shown) = self.try_text(&container).await else {
+                    continue;
+                };
+                if !texts.iter().all(|text| shown.contains(text)) {
+                    continue;
+                }
+                let Ok(targets) = self.try_find_within(&container, target).await else {
+                    continue;
+                };
+                for candidate in targets {
+                    if !self
+                        .try_text(&candidate)
+                        .await
+                        .is_ok_and(|text| text.contains(label))
+                    {
+                        continue;
+                    }
+                    let clicked = self
+                        .post(&format!("/element/{}/click", candidate.id), json!({}))
+                        .await;
+                    match clicked {
+                        Ok(_) => return Some(()),
+                        Err(err) if err.error == "stale element reference" => {}
+                        Err(err) => panic!("cannot click {what}: {err}"),
+                    }
+                }
+            }
+            None
+        })
+        .await;
     }
 
     /// Waits until the current path satisfies `matches`; returns it.
@@ -525,12 +585,38 @@ impl Browser {
         .await
     }
 
-    /// A token of the page now loaded: it goes stale when the browser
-    /// loads another page (a reload included), but not when a live region
-    /// inside the page is swapped. [`Browser::assert_same_page`] proves
-    /// that what changed came without a reload.
-    pub(crate) async fn page_token(&self) -> Element {
-        self.wait_for("header.top").await
+    /// Runs `script` (a function body) in the page; its return value.
+    /// WebDriver's scripts are not subject to the page's content security
+    /// policy, which forbids the page's own inline scripts.
+    pub(crate) async fn execute(&self, script: &str) -> Value {
+        self.post("/execute/sync", json!({"script": script, "args": []}))
+            .await
+            .unwrap_or_else(|err| panic!("cannot run a script in the page: {err}"))
+    }
+
+    /// Waits until the page listens for live updates, and returns a token
+    /// of it: the token goes stale when the browser loads another page (a
+    /// reload included), but not when a live region inside the page is
+    /// swapped, so [`Browser::assert_same_page`] proves that what changed
+    /// came without a reload.
+    ///
+    /// Listening means htmx's event stream is open: the server subscribed
+    /// it to its changes before answering, so no change made after this
+    /// returns can be missed by the page.
+    pub(crate) async fn live_page(&self) -> Element {
+        let token = self.wait_for("header.top").await;
+        self.until("the page's live-update stream to open", || async {
+            let open = self
+                .execute(
+                    "const data = document.body && document.body['htmx-internal-data']; \
+                     const source = data && data.sseEventSource; \
+                     return !!source && source.readyState === 1;",
+                )
+                .await;
+            (open == Value::Bool(true)).then_some(())
+        })
+        .await;
+        token
     }
 
     /// Panics unless `token` is still of the page loaded now.
