@@ -510,3 +510,73 @@ backends!(the_audit_page_lists_records_with_filters, |db: TestDb| {
         harness.stop().await;
     }
 });
+
+/// `muster token create` and `revoke` share the dashboard's code: they
+/// are audited too, as the local account, without the secret.
+#[tokio::test]
+async fn the_command_lines_tokens_are_audited_like_the_dashboards() {
+    use crate::support::cli::{muster_command, succeeded};
+    let dir = TestDb::temp_dir("admin-token-audit");
+    let muster = |args: &[&str]| {
+        muster_command()
+            .args(args)
+            .env("MUSTER_DATA_DIR", &dir)
+            .env("USER", "ops")
+            .env_remove("SUDO_USER")
+            .env_remove("MUSTER_DATABASE_URL")
+            .output()
+            .expect("muster runs")
+    };
+    succeeded(&muster(&["init"]));
+    let created = succeeded(&muster(&[
+        "token",
+        "create",
+        "--server",
+        "https://muster.example.com",
+        "--label",
+        "role=db",
+    ]));
+    let id = created
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':');
+    let secret = created
+        .split_whitespace()
+        .skip_while(|word| *word != "--token")
+        .nth(1)
+        .unwrap();
+    succeeded(&muster(&["token", "revoke", id]));
+
+    let records = AuditLog::in_data_dir(&dir)
+        .entries(&Filter::default())
+        .unwrap();
+    let actions: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|entry| {
+            let record = &entry.record;
+            (
+                record.action.as_str(),
+                record.who.user.as_str(),
+                record.who.via.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("tokens.revoke", "ops", "cli"),
+            ("tokens.create", "ops", "cli")
+        ]
+    );
+    assert_eq!(records[1].record.parameters["labels"], "role=db");
+    assert_eq!(records[0].record.targets, [format!("token {id}")]);
+    for entry in &records {
+        let text = format!("{:?}", entry.record);
+        assert!(
+            !text.contains(secret),
+            "the secret reached the audit log: {text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
