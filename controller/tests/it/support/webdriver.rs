@@ -103,11 +103,12 @@ impl fmt::Debug for Browser {
     }
 }
 
-/// An executable from `env` when set, otherwise the first of `names` on
-/// `PATH`.
+/// An executable from `env` when set (`None` when it names no file),
+/// otherwise the first of `names` on `PATH`.
 fn find_binary(env: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env) {
-        return Some(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
     }
     let path = std::env::var_os("PATH")?;
     names.iter().find_map(|name| {
