@@ -38,6 +38,17 @@ async fn deployed(harness: &Harness, commit: &str) {
     .await;
 }
 
+/// The table row of commit `id` on the commits page.
+fn row_of<'p>(page: &'p Page, id: &str) -> &'p str {
+    let start = format!(r#"<tr id="{id}""#);
+    let row = page
+        .body
+        .split_once(&start)
+        .unwrap_or_else(|| panic!("no row for commit {id}:\n{}", page.body))
+        .1;
+    row.split_once("</tr>").map_or(row, |(row, _)| row)
+}
+
 async fn n_actions(harness: &Harness) -> usize {
     harness.store.actions(1_000).await.unwrap().len()
 }
@@ -117,14 +128,14 @@ backends!(
             deployed(&harness, &motd).await;
             let page = alice.get("/commits").await;
             page.assert_shows(&[&format!(r#"id="{motd}""#), "motd: say it is watched"]);
-            let rows: Vec<&str> = page.body.split("<tr id=").skip(1).collect();
             assert!(
-                rows[0].starts_with(&format!("\"{motd}\"")) && rows[0].contains("in force"),
-                "the newest commit is first and in force:\n{}",
+                row_of(&page, &motd).contains("in force"),
+                "the new commit is in force:\n{}",
                 page.body
             );
+            let example_row = row_of(&page, &example.id);
             assert!(
-                rows[1].contains(">deployed<") && !rows[1].contains("in force"),
+                example_row.contains(">deployed<") && !example_row.contains("in force"),
                 "{}",
                 page.body
             );
@@ -155,22 +166,14 @@ backends!(
             assert!(place.starts_with("groups.yaml:"), "{place}");
             let page = alice.get("/commits").await;
             page.assert_shows(&[&format!(r#"id="{bad}""#), "groups: a typo", &place]);
-            let row = page.body.split("<tr id=").nth(1).unwrap();
+            let row = row_of(&page, &bad);
             assert!(
                 row.contains("rejected") && row.contains("not deployed"),
                 "{}",
                 page.body
             );
             // The motd commit stays in force.
-            assert!(
-                page.body
-                    .split("<tr id=")
-                    .nth(2)
-                    .unwrap()
-                    .contains("in force"),
-                "{}",
-                page.body
-            );
+            assert!(row_of(&page, &motd).contains("in force"), "{}", page.body);
             alice
                 .get(&format!("/commits/{bad}/plan"))
                 .await
