@@ -378,12 +378,24 @@ pub struct ActionDetail {
     pub counts: Counts,
     /// Whether to offer the cancel button (`jobs:cancel`, still running).
     pub may_cancel: bool,
+    /// The jobs of this page, in rollout order.
     pub jobs: Vec<JobView>,
+    /// Which page of the jobs this is (from 1), how many a page holds,
+    /// and how many there are in all.
+    pub page: usize,
+    pub per_page: usize,
+    pub n_jobs: usize,
 }
 
 /// The action page: facts, the cancel button, and each host's result, all
 /// in one live region so that results appear as hosts report.
 pub fn detail(chrome: &Chrome, action: &ActionDetail) -> Markup {
+    // An action on thousands of hosts is shown a page of jobs at a time.
+    let pages = (action.n_jobs > action.per_page).then(|| {
+        parts::pagination(action.page, action.per_page, action.n_jobs, |page| {
+            format!("/jobs/{}?page={page}", action.id)
+        })
+    });
     let content = html! {
         section.panel {
             dl.facts {
@@ -409,8 +421,11 @@ pub fn detail(chrome: &Chrome, action: &ActionDetail) -> Markup {
                 }
             }
         }
-        @if action.jobs.is_empty() {
+        @if action.n_jobs == 0 {
             (parts::empty("This action has no jobs", html! { "Its targets matched no approved host." }))
+        }
+        @if let Some(pages) = &pages {
+            (pages)
         }
         @for job in &action.jobs {
             section.panel.job id=(format!("job-{}", job.id)) {
@@ -440,6 +455,9 @@ pub fn detail(chrome: &Chrome, action: &ActionDetail) -> Markup {
                     p.muted { "No output yet." }
                 }
             }
+        }
+        @if let Some(pages) = &pages {
+            (pages)
         }
     };
     page(
@@ -591,8 +609,12 @@ mod tests {
                 stderr: String::new(),
                 message: None,
             }],
+            page: 1,
+            per_page: 100,
+            n_jobs: 1,
         };
         let html = detail(&chrome(), &action).into_string();
+        assert!(!html.contains("pagination"), "{html}");
         assert!(html.contains(r#"href="/hosts/h1""#), "{html}");
         assert!(html.contains("exit code 0"), "{html}");
         assert!(html.contains("restarted &lt;nginx&gt;"), "{html}");
@@ -601,5 +623,9 @@ mod tests {
         action.may_cancel = true;
         let html = detail(&chrome(), &action).into_string();
         assert!(html.contains(r#"action="/jobs/a1/cancel""#), "{html}");
+        action.n_jobs = 250;
+        let html = detail(&chrome(), &action).into_string();
+        assert!(html.contains(r#"href="/jobs/a1?page=2""#), "{html}");
+        assert!(html.contains("1–100 of 250"), "{html}");
     }
 }

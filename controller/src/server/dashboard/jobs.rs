@@ -39,6 +39,8 @@ use crate::store::{ActionState, JobState, StoreError};
 /// Actions the list looks at, newest first (those the user may not read
 /// are left out, so it may show fewer).
 const N_LISTED_ACTIONS: i64 = 50;
+/// Jobs an action's page shows at once: each may hold 128 KiB of output.
+const JOBS_PER_PAGE: usize = 100;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -424,11 +426,19 @@ async fn run(
 
 /// `GET /jobs/{id}`: an action and each host's job, as `GET
 /// /v1/actions/{id}` scopes it (`jobs:read` on every host of it).
+#[derive(Debug, Default, Deserialize)]
+struct DetailParams {
+    /// The page of jobs, from 1; anything else is the first.
+    #[serde(default)]
+    page: String,
+}
+
 async fn detail(
     State(state): State<AppState>,
     viewer: Viewer,
     OriginalUri(uri): OriginalUri,
     Path(id): Path<String>,
+    Query(params): Query<DetailParams>,
 ) -> Result<Response, PageError> {
     let caller = viewer.caller();
     let ActionWithJobs {
@@ -455,11 +465,19 @@ async fn detail(
             (name.clone(), text)
         })
         .collect();
+    let n_jobs = jobs.len();
+    let n_pages = n_jobs.div_ceil(JOBS_PER_PAGE).max(1);
+    let page = params.page.parse::<usize>().unwrap_or(1).clamp(1, n_pages);
     let detail = view::ActionDetail {
         url: uri.to_string(),
         counts: counts(jobs.iter().map(|job| job.state)),
+        page,
+        per_page: JOBS_PER_PAGE,
+        n_jobs,
         jobs: jobs
             .into_iter()
+            .skip((page - 1) * JOBS_PER_PAGE)
+            .take(JOBS_PER_PAGE)
             .map(|job| JobView {
                 host: hosts
                     .get(&job.host_id)
