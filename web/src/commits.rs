@@ -166,6 +166,9 @@ pub enum PlanView {
     Text(String),
     /// The commit cannot be planned: it does not validate or compile.
     Invalid(Vec<Problem>),
+    /// The commit has no parent in the tracked repository (the first
+    /// commit, or history rewritten since).
+    NoParent,
 }
 
 /// The plan of commit `id` against its parent.
@@ -178,6 +181,12 @@ pub fn plan(chrome: &Chrome, id: &str, view: &PlanView) -> Markup {
         }
         @match view {
             PlanView::Text(text) => pre.plan { (text) },
+            PlanView::NoParent => {
+                (parts::empty(
+                    "This commit has no parent in the tracked repository",
+                    html! { "It is the first commit (or its history was rewritten since): there is nothing to plan it against. Later commits have their plans." },
+                ))
+            }
             PlanView::Invalid(problems) => {
                 p.notice.error role="alert" { "This commit does not validate or compile, so there is no plan:" }
                 (problem_list(problems))

@@ -140,6 +140,13 @@ backends!(
                 page.body
             );
 
+            // The example is the repository's first commit: nothing to
+            // plan it against, and the page says so.
+            alice
+                .get(&format!("/commits/{}/plan", example.id))
+                .await
+                .assert_shows(&["This commit has no parent", "Back to the commits"]);
+
             // Its plan against its parent, rendered in the page.
             alice
                 .get(&format!("/commits/{motd}/plan"))

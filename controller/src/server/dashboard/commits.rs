@@ -8,7 +8,6 @@ use std::collections::HashSet;
 
 use axum::Router;
 use axum::extract::{OriginalUri, Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use muster_schemas::Diagnostic;
@@ -164,23 +163,18 @@ async fn plan(
             "unknown commit `{id}`: pick one from the commits page"
         )));
     };
-    let chrome = viewer.chrome(&state, Section::Commits);
     let parent = format!("{}^", commit.id);
-    if !has_parent(&state, &parent).await? {
-        return Err(PageError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "commit `{}` has no parent in the tracked repository (it is the first commit, or its history was rewritten): there is nothing to plan it against",
-                commit.id
-            ),
-        ));
-    }
-    let view = match plan_as(&state, &viewer.caller(), &parent, &commit.id).await? {
-        PlanAnswer::Plan(plan) => PlanView::Text(crate::commands::plan::render_text(&plan)),
-        PlanAnswer::InvalidHead { diagnostics, .. } => {
-            PlanView::Invalid(diagnostics.iter().map(problem).collect())
+    let view = if !has_parent(&state, &parent).await? {
+        PlanView::NoParent
+    } else {
+        match plan_as(&state, &viewer.caller(), &parent, &commit.id).await? {
+            PlanAnswer::Plan(plan) => PlanView::Text(crate::commands::plan::render_text(&plan)),
+            PlanAnswer::InvalidHead { diagnostics, .. } => {
+                PlanView::Invalid(diagnostics.iter().map(problem).collect())
+            }
         }
     };
+    let chrome = viewer.chrome(&state, Section::Commits);
     Ok(viewer.page(view::plan(&chrome, &commit.id, &view)))
 }
 
