@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium over WebDriver
 //! against a real controller with real sandboxed agents. Logging in, hosts
 //! converging live, a drifted host's diff, approving a pending host,
-//! running a script and watching its result arrive, logging out. Each test
+//! running a script and watching its result arrive, logging out, and what
+//! a read-only user is offered. Each test
 //! saves screenshots of the pages it visits under
 //! `target/dashboard-screenshots/`.
 //!
@@ -459,6 +460,54 @@ async fn browser_runs_a_script_and_its_result_arrives_live() {
         .wait_for_all("#jobs-list tr", &["restart-service", "alice"])
         .await;
     browser.screenshot("jobs").await;
+    browser.close().await;
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_a_viewer_reads_the_fleet_but_gets_no_forms() {
+    let _turn = take_turn().await;
+    let Some((harness, browser)) = start("viewer").await else {
+        return;
+    };
+    // carol is a fleet-wide viewer in the example's RBAC.
+    add_user(&harness, "carol", PASSWORD).await;
+    let web = enrolled_agent(&harness, "web-01", "web").await;
+    web.converge_once().await;
+    log_in(&harness, &browser, "carol").await;
+    browser.wait_for_text("main h1", "Overview").await;
+    let nav = browser.wait_for("header.top nav").await;
+    let sections = browser.text(&nav).await;
+    for readable in ["Overview", "Hosts", "Commits", "Jobs"] {
+        assert!(sections.contains(readable), "{sections}");
+    }
+    for hidden in ["Enrollment", "Audit"] {
+        assert!(!sections.contains(hidden), "{sections}");
+    }
+
+    browser.goto(&format!("{}/hosts", harness.url)).await;
+    browser
+        .wait_for_all(HOST_ROWS, &["web-01", "online", "in sync"])
+        .await;
+    browser.goto(&format!("{}/jobs", harness.url)).await;
+    browser.wait_for_text("main h1", "Jobs").await;
+    assert!(
+        browser.find("#run").await.is_none(),
+        "a viewer gets no run form:\n{}",
+        browser.page_text().await
+    );
+    browser.screenshot("jobs").await;
+
+    // A page out of reach says so, and what to ask for.
+    browser.goto(&format!("{}/enrollment", harness.url)).await;
+    browser.wait_for_text("main h1", "Not allowed").await;
+    browser
+        .wait_for_text("main .notice.error", "hosts:approve")
+        .await;
+    browser
+        .wait_for_text("main a[href='/']", "Back to the overview")
+        .await;
+    browser.screenshot("enrollment-refused").await;
     browser.close().await;
     harness.stop().await;
 }
