@@ -2,9 +2,8 @@
 //! against a real controller with real sandboxed agents. Logging in, hosts
 //! converging live, a drifted host's diff, approving a pending host,
 //! running a script and watching its result arrive, logging out, and what
-//! a read-only user is offered. Each test
-//! saves screenshots of the pages it visits under
-//! `target/dashboard-screenshots/`.
+//! a read-only user is offered. Each test saves screenshots of the pages
+//! it visits under `target/dashboard-screenshots/`.
 //!
 //! They skip (saying so) where Chromium and chromedriver are missing,
 //! unless `MUSTER_TEST_BROWSER` is set, as CI sets it. They run on SQLite
