@@ -131,7 +131,10 @@ fn commit_row(now: i64, commit: &Commit) -> Markup {
                     (CommitStatus::Rejected, _) => span.muted { "not deployed" },
                     (_, Some(rollout)) => {
                         (rollout_bar(rollout))
-                        div.hint { (commit.n_changed) " hosts changed" }
+                        div.hint {
+                            (commit.n_changed)
+                            @if commit.n_changed == 1 { " host changed" } @else { " hosts changed" }
+                        }
                     }
                     (_, None) => span.muted { "superseded on all hosts" },
                 }

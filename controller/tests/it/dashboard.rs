@@ -45,14 +45,22 @@ backends!(pages_need_a_session_and_login_opens_one, |db: TestDb| {
         )
         .await;
         assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
-        assert!(wrong.body.contains("wrong user name or password"), "{}", wrong.body);
+        assert!(
+            wrong.body.contains("wrong user name or password"),
+            "{}",
+            wrong.body
+        );
         assert!(wrong.headers.get(header::SET_COOKIE).is_none());
 
         let right = post_form(
             &router,
             "/login",
             None,
-            &[("user", "alice"), ("password", PASSWORD), ("next", "/hosts")],
+            &[
+                ("user", "alice"),
+                ("password", PASSWORD),
+                ("next", "/hosts"),
+            ],
         )
         .await;
         assert_eq!(right.status, StatusCode::SEE_OTHER, "{}", right.body);
@@ -68,10 +76,17 @@ backends!(pages_need_a_session_and_login_opens_one, |db: TestDb| {
         for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
             assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
         }
-        assert!(!cookie.contains("Secure"), "plain HTTP cannot keep Secure cookies");
+        assert!(
+            !cookie.contains("Secure"),
+            "plain HTTP cannot keep Secure cookies"
+        );
 
         // Somewhere else than this server is never where a login goes.
-        for next in ["//evil.example/x", "https://evil.example/", "/\\evil.example"] {
+        for next in [
+            "//evil.example/x",
+            "https://evil.example/",
+            "/\\evil.example",
+        ] {
             let answer = post_form(
                 &router,
                 "/login",
@@ -97,9 +112,14 @@ backends!(every_page_carries_the_security_headers, |db: TestDb| {
         let session = login(&harness, "alice", PASSWORD).await;
         for path in ["/", "/login", "/no-such-page-of-ours/x"] {
             let page = session.get(path).await;
-            let csp = page.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+            let csp = page.headers[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap();
             assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
-            assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+            assert!(
+                !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+                "{csp}"
+            );
             assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
             assert_eq!(page.headers[header::X_FRAME_OPTIONS], "DENY");
             assert_eq!(page.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
@@ -110,65 +130,86 @@ backends!(every_page_carries_the_security_headers, |db: TestDb| {
         // No inline script anywhere: every script element has a source.
         let scripts = overview.body.matches("<script").count();
         assert!(scripts >= 1);
-        assert_eq!(overview.body.matches("<script src=").count(), scripts, "{}", overview.body);
-        assert!(!overview.body.contains(" style="), "CSP forbids style attributes");
+        assert_eq!(
+            overview.body.matches("<script src=").count(),
+            scripts,
+            "{}",
+            overview.body
+        );
+        assert!(
+            !overview.body.contains(" style="),
+            "CSP forbids style attributes"
+        );
         harness.stop().await;
     }
 });
 
-backends!(forms_without_the_sessions_csrf_token_are_refused, |db: TestDb| {
-    async move {
-        let harness = start(db).await;
-        let session = login(&harness, "alice", PASSWORD).await;
-        let other = login(&harness, "alice", PASSWORD).await;
-        assert_ne!(session.csrf, other.csrf, "each session has its own token");
+backends!(
+    forms_without_the_sessions_csrf_token_are_refused,
+    |db: TestDb| {
+        async move {
+            let harness = start(db).await;
+            let session = login(&harness, "alice", PASSWORD).await;
+            let other = login(&harness, "alice", PASSWORD).await;
+            assert_ne!(session.csrf, other.csrf, "each session has its own token");
 
-        let missing = session.post_without_csrf("/logout", &[]).await;
-        assert_eq!(missing.status, StatusCode::FORBIDDEN);
-        assert!(missing.body.contains("security token"), "{}", missing.body);
-        let foreign = session
-            .post_without_csrf("/logout", &[("_csrf", other.csrf.as_str())])
-            .await;
-        assert_eq!(foreign.status, StatusCode::FORBIDDEN);
+            let missing = session.post_without_csrf("/logout", &[]).await;
+            assert_eq!(missing.status, StatusCode::FORBIDDEN);
+            assert!(missing.body.contains("security token"), "{}", missing.body);
+            let foreign = session
+                .post_without_csrf("/logout", &[("_csrf", other.csrf.as_str())])
+                .await;
+            assert_eq!(foreign.status, StatusCode::FORBIDDEN);
 
-        // The right token from another site: the browser's Origin gives
-        // it away.
-        let request = Request::post("/logout")
-            .header(header::COOKIE, &session.cookie)
-            .header(header::HOST, "muster.example")
-            .header(header::ORIGIN, "https://evil.example")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(format!("_csrf={}", session.csrf)))
-            .unwrap();
-        let cross_site = send(&session.router, request).await;
-        assert_eq!(cross_site.status, StatusCode::FORBIDDEN);
+            // The right token from another site: the browser's Origin gives
+            // it away.
+            let request = Request::post("/logout")
+                .header(header::COOKIE, &session.cookie)
+                .header(header::HOST, "muster.example")
+                .header(header::ORIGIN, "https://evil.example")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("_csrf={}", session.csrf)))
+                .unwrap();
+            let cross_site = send(&session.router, request).await;
+            assert_eq!(cross_site.status, StatusCode::FORBIDDEN);
 
-        // None of those logged out.
-        session.get("/").await.assert_shows(&["Log out"]);
+            // None of those logged out.
+            session.get("/").await.assert_shows(&["Log out"]);
 
-        let out = session.post("/logout", &[]).await;
-        assert_eq!(out.status, StatusCode::SEE_OTHER);
-        assert_eq!(out.location(), Some("/login"));
-        let cleared = out.headers[header::SET_COOKIE].to_str().unwrap();
-        assert!(cleared.starts_with("muster_session=;") && cleared.contains("Max-Age=0"));
-        // The session is revoked on the server, not only forgotten by
-        // the browser.
-        let after = session.get("/").await;
-        assert_eq!(after.status, StatusCode::SEE_OTHER);
-        other.get("/").await.assert_shows(&["Log out"]);
-        harness.stop().await;
+            let out = session.post("/logout", &[]).await;
+            assert_eq!(out.status, StatusCode::SEE_OTHER);
+            assert_eq!(out.location(), Some("/login"));
+            let cleared = out.headers[header::SET_COOKIE].to_str().unwrap();
+            assert!(cleared.starts_with("muster_session=;") && cleared.contains("Max-Age=0"));
+            // The session is revoked on the server, not only forgotten by
+            // the browser.
+            let after = session.get("/").await;
+            assert_eq!(after.status, StatusCode::SEE_OTHER);
+            other.get("/").await.assert_shows(&["Log out"]);
+            harness.stop().await;
+        }
     }
-});
+);
 
 backends!(assets_are_served_by_content_hash, |db: TestDb| {
     async move {
         let harness = start(db).await;
         let router = harness.router();
-        for name in ["muster.css", "htmx.min.js", "htmx-ext-sse.min.js", "muster.js"] {
+        for name in [
+            "muster.css",
+            "htmx.min.js",
+            "htmx-ext-sse.min.js",
+            "muster.js",
+        ] {
             let url = muster_web::assets::url(name);
             let asset = get_anonymous(&router, &url).await;
             assert_eq!(asset.status, StatusCode::OK, "{url}");
-            assert!(asset.headers[header::CACHE_CONTROL].to_str().unwrap().contains("immutable"));
+            assert!(
+                asset.headers[header::CACHE_CONTROL]
+                    .to_str()
+                    .unwrap()
+                    .contains("immutable")
+            );
             assert!(!asset.body.is_empty());
         }
         let stale = get_anonymous(&router, "/assets/muster.0123456789abcdef.css").await;
@@ -189,9 +230,14 @@ backends!(the_event_stream_names_what_changed, |db: TestDb| {
             .header(header::COOKIE, &session.cookie)
             .body(Body::empty())
             .unwrap();
-        let response = tower::ServiceExt::oneshot(router.clone(), request).await.unwrap();
+        let response = tower::ServiceExt::oneshot(router.clone(), request)
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/event-stream"
+        );
         let mut stream = response.into_body().into_data_stream();
 
         // An enrollment through the agent API is announced to the page.
@@ -203,6 +249,37 @@ backends!(the_event_stream_names_what_changed, |db: TestDb| {
             seen.push_str(&String::from_utf8_lossy(&chunk));
         }
         assert!(seen.contains("data: changed"), "{seen}");
+        harness.stop().await;
+    }
+});
+
+backends!(error_pages_keep_the_navigation, |db: TestDb| {
+    async move {
+        let harness = start(db).await;
+        add_user(&harness, "carol", PASSWORD).await;
+        let carol = login(&harness, "carol", PASSWORD).await;
+        // A viewer may not read the audit log: the page says so, and
+        // still offers the sections she may open, without the others.
+        let refused = carol.get("/audit").await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert!(refused.body.contains("audit:read"), "{}", refused.body);
+        assert!(
+            refused.body.contains(r#"href="/hosts""#),
+            "{}",
+            refused.body
+        );
+        assert!(
+            !refused.body.contains(r#"href="/audit""#),
+            "{}",
+            refused.body
+        );
+        assert!(refused.body.contains("Log out"));
+        let missing = carol.get("/hosts/no-such-host").await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        assert!(missing.body.contains("Log out"), "{}", missing.body);
+        // Without a session an error page shows nothing of the dashboard.
+        let anonymous = post_form(&harness.router(), "/logout", None, &[]).await;
+        assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
         harness.stop().await;
     }
 });

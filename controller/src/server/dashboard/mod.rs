@@ -73,17 +73,61 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(enrollment::router())
         .merge(audit::router())
         .merge(events::router())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            navigable_errors,
+        ))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// An error page's message, left on the response for [`navigable_errors`].
+#[derive(Debug, Clone)]
+struct ErrorMessage(String);
+
+/// Gives an error page the navigation of a logged-in user, so that a 403
+/// or 404 is not a dead end. The handler that failed may not have known
+/// who asked (an extractor can fail first), so the session is read again
+/// here; this reads no data and writes no audit record.
+async fn navigable_errors(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let Some(ErrorMessage(message)) = response.extensions().get::<ErrorMessage>().cloned() else {
+        return response;
+    };
+    let Some(token) = cookie(&headers, SESSION_COOKIE).filter(|t| t.starts_with(SESSION_PREFIX))
+    else {
+        return response;
+    };
+    let Ok(principal) = authenticate_bearer(&state, token).await else {
+        return response;
+    };
+    let viewer = Viewer {
+        principal,
+        csrf: csrf_token(token),
+        notice: None,
+    };
+    let section = Section::ALL
+        .into_iter()
+        .rev()
+        .find(|section| path.starts_with(section.path()))
+        .unwrap_or(Section::Overview);
+    let chrome = viewer.chrome(&state, section);
+    let status = response.status();
+    let page = muster_web::layout::error(Some(&chrome), status.as_u16(), &message);
+    (status, axum::response::Html(page.into_string())).into_response()
 }
 
 /// What an unknown path answers: an HTML page for people, a JSON error
 /// under the API's `/v1/`.
 pub async fn not_found(uri: axum::http::Uri) -> Response {
     if uri.path().starts_with("/v1/") {
-        return ApiError::new(StatusCode::NOT_FOUND, format!("no route {}", uri.path())).into_response();
+        return ApiError::new(StatusCode::NOT_FOUND, format!("no route {}", uri.path()))
+            .into_response();
     }
-    let response = PageError::not_found("there is no such page: pick one from the overview").into_response();
+    let response =
+        PageError::not_found("there is no such page: pick one from the overview").into_response();
     security_headers_on(response)
 }
 
@@ -448,13 +492,13 @@ impl IntoResponse for PageError {
                     serde_urlencoded::to_string([("next", local_path(&next))]).unwrap_or_default();
                 Redirect::to(&format!("/login?{query}")).into_response()
             }
-            PageError::Page { status, message } => (
-                status,
-                axum::response::Html(
-                    muster_web::layout::error(None, status.as_u16(), &message).into_string(),
-                ),
-            )
-                .into_response(),
+            PageError::Page { status, message } => {
+                let page = muster_web::layout::error(None, status.as_u16(), &message);
+                let mut response =
+                    (status, axum::response::Html(page.into_string())).into_response();
+                response.extensions_mut().insert(ErrorMessage(message));
+                response
+            }
         }
     }
 }
