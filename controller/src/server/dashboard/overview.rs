@@ -64,13 +64,17 @@ async fn show(
 
     let commits = if viewer.may(&state, Permission::CommitsRead) {
         // The rollout counts only hosts the user may read: the bar must
-        // not reveal hosts outside their scope.
-        let in_scope: Vec<HostRow> = readable
-            .iter()
-            .flatten()
-            .map(|row| (*row).clone())
-            .collect();
-        Card::Shown(last_commits(&state.store, &in_scope).await?)
+        // not reveal hosts outside their scope. Most users read every
+        // host, and then the rows need no copy.
+        let rollouts = match &readable {
+            Some(readable) if readable.len() == rows.len() => fleet::rollouts(&rows),
+            Some(readable) => {
+                let in_scope: Vec<HostRow> = readable.iter().map(|row| (*row).clone()).collect();
+                fleet::rollouts(&in_scope)
+            }
+            None => HashMap::new(),
+        };
+        Card::Shown(last_commits(&state.store, &rollouts).await?)
     } else {
         Card::NeedsPermission(Permission::CommitsRead.as_str())
     };
@@ -235,10 +239,9 @@ async fn compliance(store: &Store, hosts: &[&HostRow]) -> Result<overview::Compl
 
 async fn last_commits(
     store: &Store,
-    in_scope: &[HostRow],
+    rollouts: &HashMap<String, fleet::Rollout>,
 ) -> Result<Vec<overview::Commit>, StoreError> {
     let deployed = store.deployed_commit().await?.map(|commit| commit.id);
-    let rollouts = fleet::rollouts(in_scope);
     Ok(store
         .commits(N_LISTED as i64)
         .await?
