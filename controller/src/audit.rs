@@ -302,6 +302,38 @@ pub struct Filter {
     pub user: Option<String>,
 }
 
+impl Filter {
+    /// The records of `entries` (newest first) this filter keeps, in the
+    /// same order.
+    pub fn apply(&self, mut entries: Vec<Entry>) -> Vec<Entry> {
+        let mut kept = Vec::new();
+        let mut users_requests: HashSet<String> = HashSet::new();
+        // Outcomes come after their actions: walking from the oldest lets
+        // the user filter follow an action to its outcomes.
+        entries.reverse();
+        for entry in entries {
+            let record = &entry.record;
+            if let Some(user) = &self.user {
+                match record.kind {
+                    RecordKind::Action if record.who.user == *user => {
+                        users_requests.insert(record.request_id.clone());
+                    }
+                    RecordKind::Outcome if users_requests.contains(&record.request_id) => {}
+                    _ => continue,
+                }
+            }
+            if let Some(since) = self.since
+                && record.unix_time().is_some_and(|t| t < since)
+            {
+                continue;
+            }
+            kept.push(entry);
+        }
+        kept.reverse();
+        kept
+    }
+}
+
 /// What `verify` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verification {
@@ -693,54 +725,44 @@ impl AuditLog {
 
     /// Records, newest first.
     pub fn entries(&self, filter: &Filter) -> Result<Vec<Entry>> {
+        let (walked, _) = self.entries_after(None)?;
+        Ok(filter.apply(walked))
+    }
+
+    /// The records written after the commit `known`, newest first, and
+    /// whether `known` was met on the way. Commits never change, so a
+    /// reader that keeps the records it read (the dashboard) reads only
+    /// the new ones; when `known` is not met (`None`, or a history that
+    /// no longer holds it) these are all the records.
+    pub fn entries_after(&self, known: Option<&str>) -> Result<(Vec<Entry>, bool)> {
         let Some(repo) = self.open_existing()? else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         };
         let mut entries = Vec::new();
-        let mut users_requests: HashSet<String> = HashSet::new();
-        // Outcomes come after their actions: walking from the oldest lets
-        // the user filter follow an action to its outcomes.
-        let mut walked = Vec::new();
         for commit in history(&repo)? {
             let commit = commit.map_err(|detail| AuditError::Git {
                 what: "read the history",
                 detail,
             })?;
+            let commit_id = commit.id().to_string();
+            if known == Some(commit_id.as_str()) {
+                return Ok((entries, true));
+            }
             let (path, record) = match read_record(&repo, &commit) {
                 Ok(found) => found,
                 Err(problem) => {
                     return Err(AuditError::Invalid(format!(
-                        "commit {} is not a valid audit record: {problem} (run `muster audit verify`)",
-                        commit.id()
+                        "commit {commit_id} is not a valid audit record: {problem} (run `muster audit verify`)"
                     )));
                 }
             };
-            walked.push((commit.id().to_string(), path, record));
-        }
-        walked.reverse();
-        for (commit_id, path, record) in walked {
-            if let Some(user) = &filter.user {
-                match record.kind {
-                    RecordKind::Action if record.who.user == *user => {
-                        users_requests.insert(record.request_id.clone());
-                    }
-                    RecordKind::Outcome if users_requests.contains(&record.request_id) => {}
-                    _ => continue,
-                }
-            }
-            if let Some(since) = filter.since
-                && record.unix_time().is_some_and(|t| t < since)
-            {
-                continue;
-            }
             entries.push(Entry {
                 commit_id,
                 path,
                 record,
             });
         }
-        entries.reverse();
-        Ok(entries)
+        Ok((entries, false))
     }
 
     /// Checks the chain: every commit has one parent (but the first), adds

@@ -2,12 +2,15 @@
 //! repository's records, newest first, filtered by user, action and time,
 //! fifty to a page.
 //!
-//! Records are read with [`crate::audit::AuditLog::entries`], which walks
-//! the repository's history on every request (blocking git work, so on
-//! the blocking pool): fine for thousands of records, and the place to
-//! add an index when logs grow far beyond that.
+//! Reading a record means comparing its commit's tree with its parent's,
+//! which grows with the records of that day: a few thousand records take
+//! seconds. Commits never change, so the records read are kept per
+//! repository and a request reads only those written since the last one
+//! ([`crate::audit::AuditLog::entries_after`]), on the blocking pool.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::Router;
 use axum::extract::{OriginalUri, Query, State};
@@ -21,11 +24,44 @@ use muster_web::audit::{self, Audit, Filters, Row};
 use serde::Deserialize;
 
 use super::{PageError, Viewer};
-use crate::audit::{Entry, Filter, RecordKind};
+use crate::audit::{AuditError, AuditLog, Entry, Filter, RecordKind};
 use crate::server::AppState;
 
 /// Records per page.
 const PER_PAGE: usize = 50;
+
+/// The records read so far, newest first, per audit repository.
+static READ: LazyLock<Mutex<HashMap<PathBuf, Arc<Vec<Entry>>>>> = LazyLock::new(Default::default);
+
+/// Every record of `log`, newest first: the ones read before, and those
+/// written since. Blocking git work.
+fn all_entries(log: &AuditLog) -> Result<Arc<Vec<Entry>>, AuditError> {
+    let path = log.path().to_path_buf();
+    let read = READ
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(&path)
+        .cloned();
+    let known = read
+        .as_ref()
+        .and_then(|entries| entries.first())
+        .map(|entry| entry.commit_id.clone());
+    let (mut fresh, met) = log.entries_after(known.as_deref())?;
+    let entries = match read {
+        Some(read) if met && fresh.is_empty() => return Ok(read),
+        Some(read) if met => {
+            fresh.extend(read.iter().cloned());
+            Arc::new(fresh)
+        }
+        // A history without the newest record read was replaced: what
+        // was read before is no longer the log.
+        _ => Arc::new(fresh),
+    };
+    READ.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(path, Arc::clone(&entries));
+    Ok(entries)
+}
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/audit", get(show))
@@ -165,8 +201,8 @@ async fn show(
         user: wanted.user.clone(),
     };
     let read = tokio::task::spawn_blocking(move || {
-        let any_records = log.head()?.is_some();
-        Ok::<_, crate::audit::AuditError>((any_records, log.entries(&filter)?))
+        let all = all_entries(&log)?;
+        Ok::<_, AuditError>((!all.is_empty(), filter.apply(all.as_ref().clone())))
     })
     .await
     .map_err(|err| PageError::from(crate::server::ApiError::internal(err)))?;
