@@ -91,12 +91,15 @@ pub struct Overview {
     pub compliance: Card<Compliance>,
     pub commits: Card<Vec<Commit>>,
     pub actions: Card<Vec<Action>>,
+    /// No host has enrolled at all (not merely none in the user's scope):
+    /// the page says how to enroll the first.
+    pub fresh_install: bool,
 }
 
 /// The overview's content: one live region over every card.
 pub fn render(chrome: &Chrome, overview: &Overview) -> Markup {
     let content = html! {
-        @if let Card::Shown(hosts) = &overview.hosts && hosts.n_hosts == 0 {
+        @if matches!(overview.hosts, Card::Shown(_)) && overview.fresh_install {
             (parts::empty(
                 "No hosts yet",
                 html! {
@@ -297,6 +300,7 @@ mod tests {
             compliance: Card::NeedsPermission("hosts:read"),
             commits: Card::NeedsPermission("commits:read"),
             actions: Card::NeedsPermission("jobs:read"),
+            fresh_install: true,
         };
         let html = render(&chrome(), &overview).into_string();
         assert!(html.contains("You need <code>hosts:read</code>"), "{html}");

@@ -98,6 +98,7 @@ async fn show(
         compliance,
         commits,
         actions,
+        fresh_install: rows.is_empty(),
     };
     Ok(viewer.page(overview::render(&chrome, &overview)))
 }
