@@ -1248,9 +1248,11 @@ pub(crate) async fn change_host_state(
 
 // Tokens.
 
-/// `GET /v1/tokens`: `tokens:manage` (fleet-wide). Creating tokens stays
-/// on the controller's machine (`muster token create`, `muster apitoken
-/// create`).
+/// `GET /v1/tokens`: `tokens:manage` (fleet-wide). The API creates no
+/// tokens: enrollment tokens come from `muster token create` or the
+/// dashboard's enrollment page (one audited path,
+/// `commands::admin::create_enrollment_token`), API tokens from `muster
+/// apitoken create`.
 async fn list_tokens(
     State(state): State<AppState>,
     principal: Principal,
