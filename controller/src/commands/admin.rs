@@ -110,6 +110,29 @@ pub(crate) fn parse_labels<S: AsRef<str>>(
         .collect()
 }
 
+/// Whether an enrollment token still enrolls hosts, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenState {
+    Revoked,
+    Expired,
+    UsedUp,
+    Valid,
+}
+
+impl TokenState {
+    pub(crate) fn of(token: &TokenRecord, now: i64) -> TokenState {
+        if token.revoked_at.is_some() {
+            TokenState::Revoked
+        } else if token.expires_at <= now {
+            TokenState::Expired
+        } else if token.uses >= token.max_uses {
+            TokenState::UsedUp
+        } else {
+            TokenState::Valid
+        }
+    }
+}
+
 /// What a new enrollment token allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TokenSpec {
@@ -253,14 +276,11 @@ pub async fn token(command: TokenCommand) -> Result<ExitCode, Error> {
                 .await?
                 .into_iter()
                 .map(|token| {
-                    let state = if token.revoked_at.is_some() {
-                        "revoked"
-                    } else if token.expires_at <= now {
-                        "expired"
-                    } else if token.uses >= token.max_uses {
-                        "used up"
-                    } else {
-                        "valid"
+                    let state = match TokenState::of(&token, now) {
+                        TokenState::Revoked => "revoked",
+                        TokenState::Expired => "expired",
+                        TokenState::UsedUp => "used up",
+                        TokenState::Valid => "valid",
                     };
                     vec![
                         token.id,

@@ -24,7 +24,7 @@ use sqlx::Row;
 
 use super::{CsrfForm, PageError, Viewer, failure, see_other_with, success};
 use crate::commands::admin::{
-    self, TokenActionError, TokenSpec, create_enrollment_token, revoke_enrollment_token,
+    self, TokenActionError, TokenSpec, TokenState, create_enrollment_token, revoke_enrollment_token,
 };
 use crate::compile::HostInput;
 use crate::server::hub::Topic;
@@ -213,14 +213,11 @@ fn first_address(facts: &Map<String, Value>) -> Option<String> {
 }
 
 fn token_line(token: &TokenRecord, now: i64) -> Token {
-    let (state, tone) = if token.revoked_at.is_some() {
-        ("revoked", Tone::Neutral)
-    } else if token.expires_at <= now {
-        ("expired", Tone::Neutral)
-    } else if token.uses >= token.max_uses {
-        ("used up", Tone::Warn)
-    } else {
-        ("active", Tone::Good)
+    let (state, tone) = match TokenState::of(token, now) {
+        TokenState::Revoked => ("revoked", Tone::Neutral),
+        TokenState::Expired => ("expired", Tone::Neutral),
+        TokenState::UsedUp => ("used up", Tone::Warn),
+        TokenState::Valid => ("active", Tone::Good),
     };
     Token {
         id: token.id.clone(),
