@@ -375,12 +375,36 @@ backends!(users_see_the_hosts_their_rbac_allows, |db: TestDb| {
             "  - token: ci\nscope: fleet\n",
             "  - token: ci\nscope: fleet\n---\napiVersion: muster/v1\nkind: RoleBinding\nname: db-operators\nrole: operator\nsubjects:\n  - user: erin\nscope:\n  groups: [db]\n",
         );
+        // A group chosen by a fact, which the list works out for the
+        // hosts of the page only.
+        harness.repo.edit(
+            "groups.yaml",
+            "  role: db",
+            "  role: db\n---\napiVersion: muster/v1\nkind: Group\nname: debian\ndescription: Hosts running Debian.\nselector:\n  os: debian",
+        );
         let commit = harness.repo.commit_all("erin operates the databases");
         let access = harness.access();
         eventually("erin's binding to be in force", || async {
             (access.current().commit() == Some(commit.as_str())).then_some(())
         })
         .await;
+
+        let alice = login(&harness, "alice", PASSWORD).await;
+        let all = alice.get("/hosts").await;
+        assert_eq!(
+            all.body
+                .matches(r#"<span class="tag">debian</span>"#)
+                .count(),
+            4,
+            "{}",
+            all.body
+        );
+        assert_eq!(listed(&alice.get("/hosts?group=debian").await).len(), 4);
+        assert_eq!(
+            listed(&alice.get("/hosts?label=os%3Ddebian").await).len(),
+            4
+        );
+        assert!(listed(&alice.get("/hosts?label=os%3Drocky").await).is_empty());
 
         // bob operates web and views the fleet; carol views the fleet.
         for user in ["bob", "carol"] {

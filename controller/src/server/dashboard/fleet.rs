@@ -1,10 +1,11 @@
 //! The fleet as the dashboard shows it: one light row per host (no full
 //! facts, no bundle body), how each host is doing, and the rollout of
-//! each commit. Loaded fresh per page: at 10,000 hosts this is one query
-//! answered with one row, and a few milliseconds of parsing.
+//! each commit. Loaded fresh per page: at 10,000 hosts this is two
+//! queries answered with one row each, and a few milliseconds of parsing.
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use sqlx::Row;
 
@@ -156,96 +157,183 @@ fn selector_facts(values: [Option<Value>; 4]) -> Map<String, Value> {
         .collect()
 }
 
-/// One host as [`host_rows`] reads it: a JSON array, in the order of
-/// the query's columns.
+/// Only the facts selectors use; the rest of the object is skipped
+/// without being built.
+#[derive(Deserialize)]
+struct LabelFacts {
+    #[serde(default)]
+    os: Option<Value>,
+    #[serde(default)]
+    os_version: Option<Value>,
+    #[serde(default)]
+    arch: Option<Value>,
+    #[serde(default)]
+    kernel: Option<Value>,
+}
+
+fn label_facts(text: &str) -> Map<String, Value> {
+    let Ok(facts) = serde_json::from_str::<LabelFacts>(text) else {
+        return Map::new();
+    };
+    selector_facts([facts.os, facts.os_version, facts.arch, facts.kernel])
+}
+
+/// One host as [`host_rows`] reads it: a JSON array in the order of the
+/// query's columns, the selector facts as an array of their own.
 type RowJson = (
     String,
     String,
     String,
     BTreeMap<String, String>,
-    Option<Value>,
-    Option<Value>,
-    Option<Value>,
-    Option<Value>,
+    Option<[Option<Value>; 4]>,
     i64,
     Option<i64>,
     i64,
-    Option<String>,
-    Option<i64>,
     Option<String>,
 );
 
-/// Every host as one JSON array of rows, built by the database: the
-/// drivers move a result row by row at a fixed cost each, which at
-/// 10,000 hosts cost more than all the rest of a page. The database also
-/// picks the few selector facts out of each host's facts, so the rest
+/// Every host as one JSON array of rows, built by the database: drivers
+/// move a result row by row at a fixed cost each, which at 10,000 hosts
+/// cost more than the rest of a page. The database also picks the
+/// selector facts out of each host's facts (when asked to), so the rest
 /// (disks, interfaces, …) never leaves it.
-const HOST_ROWS_SQLITE: &str = "SELECT json_group_array(json_array(
-        h.id, h.name, h.state, json(h.labels),
-        json_extract(h.facts, '$.os'), json_extract(h.facts, '$.os_version'),
-        json_extract(h.facts, '$.arch'), json_extract(h.facts, '$.kernel'),
-        h.enrolled_at, h.last_seen_at, h.applied_generation, h.run_status,
-        b.generation, b.commit_id))
-    FROM hosts h LEFT JOIN bundles b ON b.host_id = h.id";
+fn hosts_sql(backend: Backend, with_facts: bool) -> String {
+    match backend {
+        Backend::Sqlite => {
+            let facts = if with_facts {
+                "json(json_extract(facts, '$.os', '$.os_version', '$.arch', '$.kernel'))"
+            } else {
+                "NULL"
+            };
+            format!(
+                "SELECT json_group_array(json_array(id, name, state, json(labels), {facts},
+                    enrolled_at, last_seen_at, applied_generation, run_status))
+                 FROM hosts"
+            )
+        }
+        Backend::Postgres => {
+            let facts = if with_facts {
+                "json_build_array(facts::json -> 'os', facts::json -> 'os_version',
+                    facts::json -> 'arch', facts::json -> 'kernel')"
+            } else {
+                "NULL"
+            };
+            format!(
+                "SELECT json_agg(json_build_array(id, name, state, labels::json, {facts},
+                    enrolled_at, last_seen_at, applied_generation, run_status))::text
+                 FROM hosts"
+            )
+        }
+    }
+}
 
-const HOST_ROWS_POSTGRES: &str = "SELECT json_agg(json_build_array(
-        h.id, h.name, h.state, h.labels::json,
-        h.facts_json -> 'os', h.facts_json -> 'os_version',
-        h.facts_json -> 'arch', h.facts_json -> 'kernel',
-        h.enrolled_at, h.last_seen_at, h.applied_generation, h.run_status,
-        b.generation, b.commit_id))::text
-    FROM (SELECT *, facts::json AS facts_json FROM hosts) h
-    LEFT JOIN bundles b ON b.host_id = h.id";
+/// The generation and commit of every bundle in force, in one row. A
+/// separate query rather than a join: looking each host's bundle up
+/// costs more than reading them all once.
+fn bundle_heads_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "SELECT json_group_array(json_array(host_id, generation, commit_id)) FROM bundles"
+        }
+        Backend::Postgres => {
+            "SELECT json_agg(json_build_array(host_id, generation, commit_id))::text FROM bundles"
+        }
+    }
+}
 
-/// Every host, by name.
-pub async fn host_rows(store: &Store) -> Result<Vec<HostRow>, StoreError> {
-    let sql = match store.backend() {
-        Backend::Sqlite => HOST_ROWS_SQLITE,
-        Backend::Postgres => HOST_ROWS_POSTGRES,
-    };
+/// The one text value of an aggregating query, parsed; PostgreSQL
+/// aggregates no rows to NULL, which is an empty list.
+async fn aggregate<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    sql: &str,
+    what: &str,
+) -> Result<Vec<T>, StoreError> {
     let row = sqlx::query(sql).fetch_one(store.pool()).await?;
-    // PostgreSQL aggregates no rows to NULL.
     let text: Option<String> = row.try_get(0)?;
-    let Some(text) = text else {
-        return Ok(Vec::new());
-    };
-    let parsed: Vec<RowJson> = serde_json::from_str(&text)
-        .map_err(|err| StoreError::Corrupt(format!("host rows: {err}")))?;
-    let mut rows: Vec<HostRow> = parsed
+    match text {
+        None => Ok(Vec::new()),
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|err| StoreError::Corrupt(format!("{what}: {err}")))
+        }
+    }
+}
+
+async fn load_rows(store: &Store, with_facts: bool) -> Result<Vec<HostRow>, StoreError> {
+    let backend = store.backend();
+    let hosts: Vec<RowJson> =
+        aggregate(store, &hosts_sql(backend, with_facts), "host rows").await?;
+    let heads: Vec<(String, i64, String)> =
+        aggregate(store, bundle_heads_sql(backend), "bundle heads").await?;
+    let mut heads: HashMap<String, (i64, String)> = heads
+        .into_iter()
+        .map(|(host, generation, commit)| (host, (generation, commit)))
+        .collect();
+    let mut rows: Vec<HostRow> = hosts
         .into_iter()
         .map(
-            |(
-                id,
-                name,
-                state,
-                labels,
-                os,
-                os_version,
-                arch,
-                kernel,
-                enrolled_at,
-                last_seen_at,
-                applied,
-                run_status,
-                generation,
-                commit,
-            )| HostRow {
-                id,
-                name,
-                state,
-                labels,
-                label_facts: selector_facts([os, os_version, arch, kernel]),
-                enrolled_at,
-                last_seen_at,
-                applied_generation: u64::try_from(applied).unwrap_or(0),
-                run_status,
-                bundle_generation: generation.and_then(|g| u64::try_from(g).ok()),
-                bundle_commit: commit,
+            |(id, name, state, labels, facts, enrolled_at, last_seen_at, applied, run_status)| {
+                let head = heads.remove(&id);
+                HostRow {
+                    label_facts: facts.map(selector_facts).unwrap_or_default(),
+                    applied_generation: u64::try_from(applied).unwrap_or(0),
+                    bundle_generation: head
+                        .as_ref()
+                        .and_then(|(generation, _)| u64::try_from(*generation).ok()),
+                    bundle_commit: head.map(|(_, commit)| commit),
+                    id,
+                    name,
+                    state,
+                    labels,
+                    enrolled_at,
+                    last_seen_at,
+                    run_status,
+                }
             },
         )
         .collect();
     rows.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     Ok(rows)
+}
+
+/// Every host, by name.
+pub async fn host_rows(store: &Store) -> Result<Vec<HostRow>, StoreError> {
+    load_rows(store, true).await
+}
+
+/// Every host, by name, without its selector facts (`label_facts` is
+/// empty): cheaper, for a page that needs the group membership of only
+/// a few hosts. Complete those with [`fill_selector_facts`] before
+/// calling [`HostRow::input`].
+pub async fn host_rows_without_facts(store: &Store) -> Result<Vec<HostRow>, StoreError> {
+    load_rows(store, false).await
+}
+
+/// Loads the selector facts of `rows`.
+pub async fn fill_selector_facts(store: &Store, rows: &mut [HostRow]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (1..=rows.len()).map(|n| format!("${n}")).collect();
+    let sql = format!(
+        "SELECT id, facts FROM hosts WHERE id IN ({})",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for row in rows.iter() {
+        query = query.bind(row.id.clone());
+    }
+    let mut facts: HashMap<String, Map<String, Value>> = HashMap::new();
+    for found in query.fetch_all(store.pool()).await? {
+        let id: String = found.try_get("id")?;
+        let text: String = found.try_get("facts")?;
+        facts.insert(id, label_facts(&text));
+    }
+    for row in rows {
+        if let Some(found) = facts.remove(&row.id) {
+            row.label_facts = found;
+        }
+    }
+    Ok(())
 }
 
 /// How far a commit has reached: of the approved hosts whose bundle in
@@ -379,6 +467,17 @@ mod tests {
                 pending: 1
             }
         );
+    }
+
+    #[test]
+    fn only_selector_facts_are_kept() {
+        let facts = label_facts(
+            r#"{"os":"debian","arch":"x86_64","disks":[{"mount":"/"}],"kernel":"6.1","os_version":null}"#,
+        );
+        assert_eq!(facts.len(), 3);
+        assert_eq!(facts["os"], "debian");
+        assert!(!facts.contains_key("disks"));
+        assert!(!facts.contains_key("os_version"), "null is not a value");
     }
 
     #[test]

@@ -181,7 +181,6 @@ async fn list(
     let rules = state.access.current();
     let model = rules.model();
 
-    let rows = fleet::host_rows(&state.store).await?;
     let caller = viewer.caller();
     let need = Need::Permission(Permission::HostsRead);
     // A fleet-wide reader sees every host: the common case skips building
@@ -190,6 +189,15 @@ async fn list(
         .permissions_of(&caller)
         .iter()
         .any(|(grant, scope)| *scope == Scope::Fleet && grant.covers(&need));
+    // Every host's selector facts are needed to scope a reader held on
+    // groups, or to filter by group or label; otherwise only those of
+    // the page's hosts, for their groups.
+    let every_input = !fleet_wide || !query.group.is_empty() || !query.label.is_empty();
+    let rows = if every_input {
+        fleet::host_rows(&state.store).await?
+    } else {
+        fleet::host_rows_without_facts(&state.store).await?
+    };
     let visible: Vec<&HostRow> = if fleet_wide {
         rows.iter().collect()
     } else {
@@ -237,10 +245,17 @@ async fn list(
     let pages = n_matching.div_ceil(HOSTS_PER_PAGE).max(1);
     query.page = query.page.min(pages);
     sort_rows(&mut matching, &query.sort, query.descending, now);
-    let page_rows = matching
+    let mut page_hosts: Vec<HostRow> = matching
         .iter()
         .skip((query.page - 1) * HOSTS_PER_PAGE)
         .take(HOSTS_PER_PAGE)
+        .map(|row| (*row).clone())
+        .collect();
+    if !every_input {
+        fleet::fill_selector_facts(&state.store, &mut page_hosts).await?;
+    }
+    let page_rows = page_hosts
+        .iter()
         .map(|row| HostListRow {
             id: row.id.clone(),
             name: row.name.clone(),
