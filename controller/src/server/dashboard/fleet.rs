@@ -243,7 +243,7 @@ fn bundle_heads_sql(backend: Backend) -> &'static str {
 
 /// The one text value of an aggregating query, parsed; PostgreSQL
 /// aggregates no rows to NULL, which is an empty list.
-async fn aggregate<T: serde::de::DeserializeOwned>(
+pub(crate) async fn aggregate<T: serde::de::DeserializeOwned>(
     store: &Store,
     sql: &str,
     what: &str,

@@ -2,6 +2,7 @@
 //! sync, the compliance rate, the last commits with their rollout and the
 //! last actions, each card only with the permission it needs.
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 
 use axum::Router;
@@ -12,13 +13,13 @@ use muster_schemas::model::Permission;
 use muster_web::Section;
 use muster_web::overview::{self, Card, Count, Overview};
 use muster_web::parts::Tone;
-use serde::Deserialize;
-use sqlx::Row;
 
 use super::fleet::{self, HostRow, Presence, Sync};
 use super::{PageError, Viewer};
+use crate::compile::HostInput;
+use crate::rbac::{AccessRules, Caller, Need, Scope};
 use crate::server::AppState;
-use crate::store::{ActionRecord, ActionState, CommitState, JobFilter, Store, StoreError};
+use crate::store::{ActionRecord, ActionState, Backend, CommitState, JobFilter, Store, StoreError};
 
 /// Commits and actions the overview lists.
 const N_LISTED: usize = 5;
@@ -39,17 +40,16 @@ async fn show(
     let caller = viewer.caller();
     let now = state.user_auth.now();
     let rows = fleet::host_rows(&state.store).await?;
-    let inputs: Vec<_> = rows.iter().map(HostRow::input).collect();
+    let inputs = OnceCell::new();
 
     let readable: Option<Vec<&HostRow>> = viewer.may(&state, Permission::HostsRead).then(|| {
-        let ids: HashSet<&str> = rules
-            .hosts_in_scope(&caller, Permission::HostsRead, &inputs)
-            .into_iter()
-            .map(|input| input.id.as_str())
-            .collect();
-        rows.iter()
-            .filter(|row| ids.contains(row.id.as_str()))
-            .collect()
+        match held_on(&rules, &caller, Permission::HostsRead, &rows, &inputs) {
+            None => rows.iter().collect(),
+            Some(ids) => rows
+                .iter()
+                .filter(|row| ids.contains(row.id.as_str()))
+                .collect(),
+        }
     });
     let (hosts, compliance) = match &readable {
         Some(readable) => (
@@ -80,13 +80,8 @@ async fn show(
     };
 
     let actions = if viewer.may(&state, Permission::JobsRead) {
-        let job_scope: HashSet<&str> = rules
-            .hosts_in_scope(&caller, Permission::JobsRead, &inputs)
-            .into_iter()
-            .map(|input| input.id.as_str())
-            .collect();
-        let everything = job_scope.len() == rows.len();
-        Card::Shown(last_actions(&state.store, &job_scope, everything).await?)
+        let job_scope = held_on(&rules, &caller, Permission::JobsRead, &rows, &inputs);
+        Card::Shown(last_actions(&state.store, job_scope.as_ref()).await?)
     } else {
         Card::NeedsPermission(Permission::JobsRead.as_str())
     };
@@ -101,6 +96,34 @@ async fn show(
         fresh_install: rows.is_empty(),
     };
     Ok(viewer.page(overview::render(&chrome, &overview)))
+}
+
+/// The ids of the hosts `caller` holds `permission` on, or `None` for
+/// every host: a fleet-wide grant (the common case) needs no host's RBAC
+/// input, which are built once (`inputs`) only when a scope needs them.
+fn held_on(
+    rules: &AccessRules,
+    caller: &Caller,
+    permission: Permission,
+    rows: &[HostRow],
+    inputs: &OnceCell<Vec<HostInput>>,
+) -> Option<HashSet<String>> {
+    let need = Need::Permission(permission);
+    let fleet_wide = rules
+        .permissions_of(caller)
+        .iter()
+        .any(|(grant, scope)| *scope == Scope::Fleet && grant.covers(&need));
+    if fleet_wide {
+        return None;
+    }
+    let inputs = inputs.get_or_init(|| rows.iter().map(HostRow::input).collect());
+    Some(
+        rules
+            .hosts_in_scope(caller, need, inputs)
+            .into_iter()
+            .map(|input| input.id.clone())
+            .collect(),
+    )
 }
 
 /// The value of `/hosts?state=` that lists the hosts of a presence.
@@ -176,64 +199,62 @@ fn host_counts(rows: &[&HostRow], now: i64) -> overview::Hosts {
     }
 }
 
-/// Only the checks of a report; the rest of the body is skipped unbuilt.
-#[derive(Deserialize)]
-struct ReportChecks {
-    #[serde(default)]
-    checks: Vec<CheckPassed>,
-}
-
-#[derive(Deserialize)]
-struct CheckPassed {
-    passed: bool,
-}
-
-/// The latest report of every approved host, by host id: one query, an
-/// index seek per host on `reports (host_id, received_at)` rather than a
-/// scan of every report ever received.
-async fn latest_reports(store: &Store) -> Result<Vec<(String, String)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT h.id AS host_id,
-                (SELECT r.body FROM reports r WHERE r.host_id = h.id
-                 ORDER BY r.received_at DESC, r.id DESC LIMIT 1) AS body
-         FROM hosts h WHERE h.state = 'approved'",
-    )
-    .fetch_all(store.pool())
-    .await?;
-    let mut reports = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let body: Option<String> = row.try_get("body")?;
-        if let Some(body) = body {
-            reports.push((row.try_get("host_id")?, body));
+/// The checks in the latest report of every approved host that sent one,
+/// as `[host id, checks, passed]` rows in one JSON array built by the
+/// database: the report bodies (resources, diffs, output) never leave
+/// it, and a driver moving 10,000 rows one by one would cost more than
+/// the rest of the page. The latest report is an index seek per host on
+/// `reports (host_id, received_at)`.
+fn checks_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "SELECT json_group_array(json_array(l.host_id,
+                (SELECT COUNT(*) FROM json_each(l.body, '$.checks')),
+                (SELECT COUNT(*) FROM json_each(l.body, '$.checks') c
+                 WHERE json_extract(c.value, '$.passed'))))
+             FROM (SELECT h.id AS host_id,
+                     (SELECT r.body FROM reports r WHERE r.host_id = h.id
+                      ORDER BY r.received_at DESC, r.id DESC LIMIT 1) AS body
+                   FROM hosts h WHERE h.state = 'approved') l
+             WHERE l.body IS NOT NULL"
+        }
+        Backend::Postgres => {
+            "SELECT json_agg(json_build_array(l.host_id, c.n_checks, c.n_passed))::text
+             FROM (SELECT h.id AS host_id,
+                     (SELECT r.body::json FROM reports r WHERE r.host_id = h.id
+                      ORDER BY r.received_at DESC, r.id DESC LIMIT 1) AS body
+                   FROM hosts h WHERE h.state = 'approved') l
+             CROSS JOIN LATERAL (
+                SELECT COUNT(*) AS n_checks,
+                       COUNT(*) FILTER (WHERE (e ->> 'passed')::boolean) AS n_passed
+                FROM json_array_elements(l.body -> 'checks') e) c
+             WHERE l.body IS NOT NULL"
         }
     }
-    Ok(reports)
 }
 
 /// Passed checks over all checks in the latest report of each host
 /// shown.
 async fn compliance(store: &Store, hosts: &[&HostRow]) -> Result<overview::Compliance, StoreError> {
     let shown: HashSet<&str> = hosts.iter().map(|host| host.id.as_str()).collect();
+    let checks: Vec<(String, usize, usize)> = fleet::aggregate(
+        store,
+        checks_sql(store.backend()),
+        "checks of the latest reports",
+    )
+    .await?;
     let mut result = overview::Compliance {
         n_passed: 0,
         n_checks: 0,
         n_hosts: 0,
     };
-    for (host_id, body) in latest_reports(store).await? {
-        if !shown.contains(host_id.as_str()) {
-            continue;
-        }
-        // A report that does not parse was refused on the way in; one
-        // stored by an older controller just counts no checks.
-        let Ok(report) = serde_json::from_str::<ReportChecks>(&body) else {
-            continue;
-        };
-        if report.checks.is_empty() {
+    for (host_id, n_checks, n_passed) in checks {
+        if n_checks == 0 || !shown.contains(host_id.as_str()) {
             continue;
         }
         result.n_hosts += 1;
-        result.n_checks += report.checks.len();
-        result.n_passed += report.checks.iter().filter(|check| check.passed).count();
+        result.n_checks += n_checks;
+        result.n_passed += n_passed;
     }
     Ok(result)
 }
@@ -273,19 +294,18 @@ async fn last_commits(
         .collect())
 }
 
-/// The last actions with a job on a host the user may read jobs of (all
-/// of them when `everything`).
+/// The last actions with a job on a host the user may read jobs of
+/// (`job_scope`; every host when `None`).
 async fn last_actions(
     store: &Store,
-    job_scope: &HashSet<&str>,
-    everything: bool,
+    job_scope: Option<&HashSet<String>>,
 ) -> Result<Vec<overview::Action>, StoreError> {
     let mut shown = Vec::new();
     for action in store.actions(N_ACTIONS_SCANNED).await? {
         if shown.len() == N_LISTED {
             break;
         }
-        if !everything {
+        if let Some(job_scope) = job_scope {
             let jobs = store
                 .jobs(&JobFilter {
                     action_id: Some(action.id.clone()),
