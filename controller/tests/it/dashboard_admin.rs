@@ -176,6 +176,22 @@ backends!(
                 "CSP forbids style attributes"
             );
 
+            // A new report counts from the next page on.
+            let (generation, commit) = bundle_of(&harness, &web_01).await;
+            let fixed = json!({
+                "generation": generation, "commit": commit, "status": "in_sync",
+                "started_at": now - 1, "finished_at": now,
+                "checks": [
+                    {"policy": "ssh", "name": "no-root-login", "passed": true, "output": ""},
+                    {"policy": "nginx", "name": "config-test", "passed": true, "output": ""},
+                ],
+            });
+            assert_eq!(web_01.report(&fixed).await.status(), 202);
+            alice
+                .get("/")
+                .await
+                .assert_shows(&["100 %", "3 of 3 checks pass, on 2 hosts"]);
+
             // Without any binding: every card says what it needs, and no
             // count, rate or commit shows.
             let erin = login(&harness, "erin", PASSWORD).await;
