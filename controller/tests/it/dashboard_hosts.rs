@@ -205,7 +205,7 @@ backends!(
             );
             assert_eq!(listed(&alice.get("/hosts?state=behind").await), ["web-02"]);
             assert_eq!(listed(&alice.get("/hosts?state=in_sync").await), ["db-01"]);
-            assert_eq!(listed(&alice.get("/hosts?q=DB").await), ["db-01"]);
+            assert_eq!(listed(&alice.get("/hosts?q=DB-0").await), ["db-01"]);
             assert_eq!(
                 listed(&alice.get("/hosts?q=prod").await),
                 ["web-01", "web-02"],

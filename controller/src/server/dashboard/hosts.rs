@@ -29,8 +29,8 @@ use serde::Deserialize;
 
 use super::fleet::{self, HostRow, Presence, Sync};
 use super::{PageError, Viewer};
-use crate::compile::{self, HostInput};
-use crate::rbac::{Need, Scope};
+use crate::compile::{self, HostInput, LABEL_FACTS};
+use crate::rbac::{Grant, Need, Scope};
 use crate::server::AppState;
 use crate::store::{JobFilter, JobRecord, JobState};
 
@@ -151,6 +151,21 @@ fn groups_of(model: &FleetModel, input: &HostInput) -> Vec<String> {
         .collect()
 }
 
+/// Whether the group's selector reads one of the facts selectors see
+/// (`os`, `arch`, …): only then does its membership need hosts' facts.
+fn group_reads_facts(model: &FleetModel, group: &str) -> bool {
+    model
+        .groups
+        .get(group)
+        .and_then(|group| group.selector.as_ref())
+        .is_some_and(|selector| {
+            selector
+                .0
+                .keys()
+                .any(|key| LABEL_FACTS.contains(&key.as_str()))
+        })
+}
+
 /// Orders rows by the sort key; ties keep the name order they came in.
 fn sort_rows(rows: &mut [&HostRow], sort: &str, descending: bool, now: i64) {
     let by_key = |a: &&HostRow, b: &&HostRow| -> Ordering {
@@ -181,19 +196,31 @@ async fn list(
     let rules = state.access.current();
     let model = rules.model();
 
+    let label = query.label.split_once('=').map_or_else(
+        || (query.label.clone(), None),
+        |(key, value)| (key.trim().to_string(), Some(value.trim().to_string())),
+    );
     let caller = viewer.caller();
     let need = Need::Permission(Permission::HostsRead);
+    let held: Vec<(Grant, Scope)> = rules
+        .permissions_of(&caller)
+        .into_iter()
+        .filter(|(grant, _)| grant.covers(&need))
+        .collect();
     // A fleet-wide reader sees every host: the common case skips building
     // every host's RBAC input and asking for each.
-    let fleet_wide = rules
-        .permissions_of(&caller)
-        .iter()
-        .any(|(grant, scope)| *scope == Scope::Fleet && grant.covers(&need));
-    // Every host's selector facts are needed to scope a reader held on
-    // groups, or to filter by group or label; otherwise only those of
-    // the page's hosts, for their groups.
-    let every_input = !fleet_wide || !query.group.is_empty() || !query.label.is_empty();
-    let rows = if every_input {
+    let fleet_wide = held.iter().any(|(_, scope)| *scope == Scope::Fleet);
+    // Every host's selector facts are read only when a selector in play
+    // (the reader's scope, the group filter) or the label filter looks at
+    // one; otherwise only the page's hosts get theirs, for their groups.
+    let scope_reads_facts = held.iter().any(|(_, scope)| match scope {
+        Scope::Fleet => false,
+        Scope::Groups(groups) => groups.iter().any(|group| group_reads_facts(model, group)),
+    });
+    let every_fact = (!fleet_wide && scope_reads_facts)
+        || (!query.group.is_empty() && group_reads_facts(model, &query.group))
+        || (!query.label.is_empty() && LABEL_FACTS.contains(&label.0.as_str()));
+    let rows = if every_fact {
         fleet::host_rows(&state.store).await?
     } else {
         fleet::host_rows_without_facts(&state.store).await?
@@ -213,10 +240,6 @@ async fn list(
     };
     let n_hosts = visible.len();
 
-    let label = query.label.split_once('=').map_or_else(
-        || (query.label.clone(), None),
-        |(key, value)| (key.trim().to_string(), Some(value.trim().to_string())),
-    );
     let needle = query.q.to_lowercase();
     // The cheap filters first: groups and labels need each host's
     // effective labels.
@@ -251,7 +274,7 @@ async fn list(
         .take(HOSTS_PER_PAGE)
         .map(|row| (*row).clone())
         .collect();
-    if !every_input {
+    if !every_fact {
         fleet::fill_selector_facts(&state.store, &mut page_hosts).await?;
     }
     let page_rows = page_hosts
