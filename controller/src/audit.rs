@@ -370,6 +370,9 @@ struct Inner {
     /// Serializes the writers of this process.
     write: Mutex<()>,
     remote: Option<RemoteSync>,
+    /// The records read so far, newest first: commits never change, so
+    /// [`AuditLog::all_entries`] reads only the ones written since.
+    read: Mutex<Option<Arc<Vec<Entry>>>>,
 }
 
 /// Pushing to a remote after commits.
@@ -399,6 +402,7 @@ impl AuditLog {
                 path: path.into(),
                 write: Mutex::new(()),
                 remote: None,
+                read: Mutex::new(None),
             }),
         }
     }
@@ -427,6 +431,7 @@ impl AuditLog {
                     first_retry: first,
                     max_retry: max,
                 }),
+                read: Mutex::new(None),
             }),
         }
     }
@@ -727,6 +732,39 @@ impl AuditLog {
     pub fn entries(&self, filter: &Filter) -> Result<Vec<Entry>> {
         let (walked, _) = self.entries_after(None)?;
         Ok(filter.apply(walked))
+    }
+
+    /// Every record, newest first: those read by an earlier call, and
+    /// those written since (blocking Git work). For readers that ask
+    /// often, like the dashboard's audit page.
+    pub fn all_entries(&self) -> Result<Arc<Vec<Entry>>> {
+        let lock = |read: &Mutex<Option<Arc<Vec<Entry>>>>| {
+            read.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone()
+        };
+        let read = lock(&self.inner.read);
+        let known = read
+            .as_ref()
+            .and_then(|entries| entries.first())
+            .map(|entry| entry.commit_id.clone());
+        let (mut fresh, met) = self.entries_after(known.as_deref())?;
+        let entries = match read {
+            Some(read) if met && fresh.is_empty() => return Ok(read),
+            Some(read) if met => {
+                fresh.extend(read.iter().cloned());
+                Arc::new(fresh)
+            }
+            // A history without the newest record read was replaced: what
+            // was read before is no longer the log.
+            _ => Arc::new(fresh),
+        };
+        *self
+            .inner
+            .read
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::clone(&entries));
+        Ok(entries)
     }
 
     /// The records written after the commit `known`, newest first, and

@@ -8,9 +8,7 @@
 //! repository and a request reads only those written since the last one
 //! ([`crate::audit::AuditLog::entries_after`]), on the blocking pool.
 
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::collections::HashSet;
 
 use axum::Router;
 use axum::extract::{OriginalUri, Query, State};
@@ -24,44 +22,11 @@ use muster_web::audit::{self, Audit, Filters, Row};
 use serde::Deserialize;
 
 use super::{PageError, Viewer};
-use crate::audit::{AuditError, AuditLog, Entry, Filter, RecordKind};
+use crate::audit::{AuditError, Entry, Filter, RecordKind};
 use crate::server::AppState;
 
 /// Records per page.
 const PER_PAGE: usize = 50;
-
-/// The records read so far, newest first, per audit repository.
-static READ: LazyLock<Mutex<HashMap<PathBuf, Arc<Vec<Entry>>>>> = LazyLock::new(Default::default);
-
-/// Every record of `log`, newest first: the ones read before, and those
-/// written since. Blocking git work.
-fn all_entries(log: &AuditLog) -> Result<Arc<Vec<Entry>>, AuditError> {
-    let path = log.path().to_path_buf();
-    let read = READ
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .get(&path)
-        .cloned();
-    let known = read
-        .as_ref()
-        .and_then(|entries| entries.first())
-        .map(|entry| entry.commit_id.clone());
-    let (mut fresh, met) = log.entries_after(known.as_deref())?;
-    let entries = match read {
-        Some(read) if met && fresh.is_empty() => return Ok(read),
-        Some(read) if met => {
-            fresh.extend(read.iter().cloned());
-            Arc::new(fresh)
-        }
-        // A history without the newest record read was replaced: what
-        // was read before is no longer the log.
-        _ => Arc::new(fresh),
-    };
-    READ.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .insert(path, Arc::clone(&entries));
-    Ok(entries)
-}
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/audit", get(show))
@@ -201,7 +166,7 @@ async fn show(
         user: wanted.user.clone(),
     };
     let read = tokio::task::spawn_blocking(move || {
-        let all = all_entries(&log)?;
+        let all = log.all_entries()?;
         Ok::<_, AuditError>((!all.is_empty(), filter.apply(all.as_ref().clone())))
     })
     .await
