@@ -15,7 +15,8 @@
 //! Each page is then requested N times through the controller's real
 //! router (`router.oneshot`, session cookie and all, body read to the
 //! end): `GET /hosts` (page 1), a filtered list (group `web`, drifted),
-//! page 50 sorted by last seen, a free-text search, and `GET /hosts/{id}`
+//! page 50 sorted by last seen, a free-text search, a filter on a fact
+//! (which reads every host's selector facts), and `GET /hosts/{id}`
 //! of the host with reports. It prints the median and p95 per page, and
 //! what loading the light host rows alone costs (`fleet::host_rows`, and
 //! without selector facts as an unfiltered list of a fleet-wide reader
@@ -153,6 +154,10 @@ async fn run(dir: &Path, n_hosts: usize, full: bool) {
         (
             "GET /hosts?q=fra1&label=env%3Dprod".into(),
             "/hosts?q=fra1&label=env%3Dprod".into(),
+        ),
+        (
+            "GET /hosts?label=os%3Ddebian (reads facts)".into(),
+            "/hosts?label=os%3Ddebian".into(),
         ),
         (
             format!("GET /hosts/{detail_host}"),
