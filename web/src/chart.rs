@@ -88,9 +88,10 @@ pub fn scale(points: &[(i64, f64)], low: f64, high: f64, frame: Frame) -> Vec<(f
         .collect()
 }
 
-/// A value as labels show it: no decimals from 10 up, one below.
+/// A value as labels show it: no decimals from 10 up or for whole
+/// numbers, one otherwise.
 pub fn format_value(value: f64, unit: &str) -> String {
-    let number = if value.abs() >= 10.0 {
+    let number = if value.abs() >= 10.0 || value.fract() == 0.0 {
         format!("{value:.0}")
     } else {
         format!("{value:.1}")
@@ -295,5 +296,7 @@ mod tests {
             ..series
         };
         assert_eq!(value_range(&flat), (0.0, 1.0), "never an empty range");
+        assert_eq!(format_value(0.0, "%"), "0 %");
+        assert_eq!(format_value(0.42, ""), "0.4");
     }
 }

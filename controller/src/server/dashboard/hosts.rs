@@ -364,16 +364,23 @@ fn report_view(received_at: i64, report: &Report) -> ReportView {
     }
 }
 
-/// CPU, memory, fullest disk and load over `reports`, oldest first.
+/// CPU, memory, fullest disk and load over `reports`, oldest first, at
+/// the time each run finished: metrics are sampled then, and an agent
+/// that was cut off sends its queued reports all at once.
 fn charts(reports: &[(i64, Report)]) -> Vec<Series> {
-    let series = |title: &str, unit: &str, ceiling: Option<f64>, pick: fn(&_) -> f64| Series {
-        title: title.into(),
-        unit: unit.into(),
-        ceiling,
-        points: reports
+    let series = |title: &str, unit: &str, ceiling: Option<f64>, pick: fn(&_) -> f64| {
+        let mut points: Vec<(i64, f64)> = reports
             .iter()
-            .filter_map(|(at, report)| Some((*at, pick(report.metrics.as_ref()?))))
-            .collect(),
+            .filter_map(|(_, report)| Some((report.finished_at, pick(report.metrics.as_ref()?))))
+            .collect();
+        // An agent's clock may step back; the line goes forward in time.
+        points.sort_by_key(|(at, _)| *at);
+        Series {
+            title: title.into(),
+            unit: unit.into(),
+            ceiling,
+            points,
+        }
     };
     vec![
         series("CPU", "%", Some(100.0), |m| m.cpu_percent),
