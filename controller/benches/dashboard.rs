@@ -35,7 +35,7 @@ use axum::http::{Request, StatusCode, header};
 use muster_controller::cli::DataArgs;
 use muster_controller::commands::serve::{self, Config, Running};
 use muster_controller::server::dashboard::fleet;
-use muster_controller::store::Store;
+use muster_controller::store::{CheckCounts, Store};
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -456,6 +456,10 @@ async fn add_reports(store: &Store, host_id: &str) {
                 host_id,
                 bundle.generation,
                 "drifted",
+                CheckCounts {
+                    passed: 1,
+                    total: 2,
+                },
                 facts.as_object(),
                 &report.to_string(),
                 at,

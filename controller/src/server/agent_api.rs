@@ -253,6 +253,7 @@ async fn report(
             &host.id,
             report.generation,
             run_status,
+            crate::store::CheckCounts::of(&report.checks),
             report.facts.as_ref(),
             &body,
             now,

@@ -44,6 +44,15 @@ macro_rules! migrations {
                     "/0004_schedules.sql"
                 )),
             },
+            Migration {
+                version: 5,
+                name: "check_counts",
+                sql: include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0005_check_counts.sql"
+                )),
+            },
         ]
     };
 }

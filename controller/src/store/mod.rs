@@ -180,6 +180,23 @@ pub struct BundleRecord {
     pub expires_at: i64,
 }
 
+/// The compliance checks of a report: how many ran and how many passed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckCounts {
+    pub passed: i64,
+    pub total: i64,
+}
+
+impl CheckCounts {
+    pub fn of(checks: &[muster_schemas::protocol::CheckReport]) -> CheckCounts {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        CheckCounts {
+            passed: count(checks.iter().filter(|check| check.passed).count()),
+            total: count(checks.len()),
+        }
+    }
+}
+
 /// What the reconciler needs to know of a host's bundle to decide whether
 /// it must be replaced.
 #[derive(Debug, Clone, PartialEq)]
@@ -628,11 +645,13 @@ impl Store {
     }
 
     /// Stores a report and what it says about the host.
+    #[allow(clippy::too_many_arguments)]
     pub async fn record_report(
         &self,
         host_id: &str,
         generation: u64,
         run_status: &str,
+        checks: CheckCounts,
         facts: Option<&Map<String, Value>>,
         body: &str,
         now: i64,
@@ -651,12 +670,15 @@ impl Store {
         .await?;
         sqlx::query(
             "UPDATE hosts SET last_seen_at = $1, run_status = $2,
-                applied_generation = CASE WHEN applied_generation < $3 THEN $3 ELSE applied_generation END
-             WHERE id = $4",
+                applied_generation = CASE WHEN applied_generation < $3 THEN $3 ELSE applied_generation END,
+                checks_passed = $4, checks_total = $5
+             WHERE id = $6",
         )
         .bind(now)
         .bind(run_status)
         .bind(generation)
+        .bind(checks.passed)
+        .bind(checks.total)
         .bind(host_id)
         .execute(&mut *tx)
         .await?;

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use muster_controller::store::{
-    BundleRecord, CommitRecord, CommitState, EnrollRefusal, HostRecord, StoreError, TokenRecord,
+    BundleRecord, CheckCounts, CommitRecord, CommitState, EnrollRefusal, HostRecord, StoreError,
+    TokenRecord,
 };
 use muster_schemas::protocol::HostState;
 use serde_json::json;
@@ -191,11 +192,30 @@ backends!(reports_update_the_host, |db: TestDb| {
             .unwrap();
         let facts = serde_json::Map::from_iter([("kernel".to_string(), json!("6.1"))]);
         store
-            .record_report("a", 3, "in_sync", Some(&facts), "{\"r\":1}", NOW + 5)
+            .record_report(
+                "a",
+                3,
+                "in_sync",
+                CheckCounts {
+                    passed: 1,
+                    total: 2,
+                },
+                Some(&facts),
+                "{\"r\":1}",
+                NOW + 5,
+            )
             .await
             .unwrap();
         store
-            .record_report("a", 2, "drifted", None, "{\"r\":2}", NOW + 6)
+            .record_report(
+                "a",
+                2,
+                "drifted",
+                CheckCounts::default(),
+                None,
+                "{\"r\":2}",
+                NOW + 6,
+            )
             .await
             .unwrap();
         let host = store.host("a").await.unwrap().unwrap();

@@ -4,8 +4,6 @@
 
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::Router;
 use axum::extract::{OriginalUri, State};
@@ -15,8 +13,6 @@ use muster_schemas::model::Permission;
 use muster_web::Section;
 use muster_web::overview::{self, Card, Count, Overview};
 use muster_web::parts::Tone;
-use serde::Deserialize;
-use sqlx::Row;
 
 use super::fleet::{self, HostRow, Presence, Sync};
 use super::{PageError, Viewer};
@@ -203,133 +199,21 @@ fn host_counts(rows: &[&HostRow], now: i64) -> overview::Hosts {
     }
 }
 
-/// The latest report of every approved host, as `[host id, report id]`
-/// rows in one JSON array built by the database (a driver moving 10,000
-/// rows one by one costs more than the rest of the page): an index seek
-/// per host on `reports (host_id, received_at)`, no report body.
-fn latest_reports_sql(backend: Backend) -> &'static str {
+/// Each approved host's check counts (of its latest report, stored with
+/// it), as `[host id, passed, total]` rows in one JSON array built by the
+/// database: a driver moving 10,000 rows one by one costs more than the
+/// rest of the page.
+fn check_counts_sql(backend: Backend) -> &'static str {
     match backend {
         Backend::Sqlite => {
-            "SELECT json_group_array(json_array(h.id,
-                (SELECT r.id FROM reports r WHERE r.host_id = h.id
-                 ORDER BY r.received_at DESC, r.id DESC LIMIT 1)))
-             FROM hosts h WHERE h.state = 'approved'"
+            "SELECT json_group_array(json_array(id, checks_passed, checks_total))
+             FROM hosts WHERE state = 'approved' AND checks_total > 0"
         }
         Backend::Postgres => {
-            "SELECT json_agg(json_build_array(h.id,
-                (SELECT r.id FROM reports r WHERE r.host_id = h.id
-                 ORDER BY r.received_at DESC, r.id DESC LIMIT 1)))::text
-             FROM hosts h WHERE h.state = 'approved'"
+            "SELECT json_agg(json_build_array(id, checks_passed, checks_total))::text
+             FROM hosts WHERE state = 'approved' AND checks_total > 0"
         }
     }
-}
-
-/// Only the checks of a report; the rest of the body is skipped unbuilt.
-#[derive(Deserialize)]
-struct ReportChecks {
-    #[serde(default)]
-    checks: Vec<CheckPassed>,
-}
-
-#[derive(Deserialize)]
-struct CheckPassed {
-    passed: bool,
-}
-
-/// A host's latest report, counted: its id, checks and passed checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counted {
-    report_id: i64,
-    n_checks: usize,
-    n_passed: usize,
-}
-
-/// The latest reports counted so far, by host, per controller (its audit
-/// repository's path names it). Reports are never changed, so a report
-/// counted once is never read again: a page reads only the bodies of
-/// reports that arrived since the last one, not 10,000 of them.
-static COUNTED: LazyLock<Mutex<HashMap<PathBuf, Arc<CountedByHost>>>> =
-    LazyLock::new(Default::default);
-
-/// A host's latest report counted, by host id.
-type CountedByHost = HashMap<String, Counted>;
-
-/// Reports read per query when counting new ones.
-const REPORTS_PER_QUERY: usize = 500;
-
-/// The checks of the latest report of every approved host that sent one.
-async fn counted_reports(
-    store: &Store,
-    controller: &Path,
-) -> Result<Arc<CountedByHost>, StoreError> {
-    let latest: Vec<(String, Option<i64>)> =
-        fleet::aggregate(store, latest_reports_sql(store.backend()), "latest reports").await?;
-    let known = COUNTED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .get(controller)
-        .cloned()
-        .unwrap_or_default();
-    let unread: Vec<i64> = latest
-        .iter()
-        .filter_map(|(host_id, report_id)| {
-            let report_id = (*report_id)?;
-            let counted = known.get(host_id).is_some_and(|c| c.report_id == report_id);
-            (!counted).then_some(report_id)
-        })
-        .collect();
-    // Hosts removed or no longer approved may stay counted until a new
-    // report comes: `compliance` only looks at approved hosts shown.
-    if unread.is_empty() {
-        return Ok(known);
-    }
-    let mut read: HashMap<i64, (usize, usize)> = HashMap::with_capacity(unread.len());
-    for chunk in unread.chunks(REPORTS_PER_QUERY) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "SELECT id, body FROM reports WHERE id IN ({})",
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for id in chunk {
-            query = query.bind(*id);
-        }
-        for row in query.fetch_all(store.pool()).await? {
-            let body: String = row.try_get("body")?;
-            // A report that does not parse was refused on the way in; one
-            // stored by an older controller just counts no checks.
-            let checks = serde_json::from_str::<ReportChecks>(&body)
-                .map(|report| report.checks)
-                .unwrap_or_default();
-            let n_passed = checks.iter().filter(|check| check.passed).count();
-            read.insert(row.try_get("id")?, (checks.len(), n_passed));
-        }
-    }
-    let counted: CountedByHost = latest
-        .into_iter()
-        .filter_map(|(host_id, report_id)| {
-            let report_id = report_id?;
-            let counted = match known.get(&host_id) {
-                Some(counted) if counted.report_id == report_id => *counted,
-                // Removed between the two queries: counted next time.
-                _ => {
-                    let (n_checks, n_passed) = read.get(&report_id).copied()?;
-                    Counted {
-                        report_id,
-                        n_checks,
-                        n_passed,
-                    }
-                }
-            };
-            Some((host_id, counted))
-        })
-        .collect();
-    let counted = Arc::new(counted);
-    COUNTED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .insert(controller.to_path_buf(), Arc::clone(&counted));
-    Ok(counted)
 }
 
 /// Passed checks over all checks in the latest report of each host
@@ -338,22 +222,22 @@ async fn compliance(
     state: &AppState,
     hosts: &[&HostRow],
 ) -> Result<overview::Compliance, StoreError> {
-    let counted = counted_reports(&state.store, state.audit.path()).await?;
+    let counts: Vec<(String, u64, u64)> = fleet::aggregate(
+        &state.store,
+        check_counts_sql(state.store.backend()),
+        "check counts",
+    )
+    .await?;
+    let shown: HashSet<&str> = hosts.iter().map(|host| host.id.as_str()).collect();
     let mut result = overview::Compliance {
         n_passed: 0,
         n_checks: 0,
         n_hosts: 0,
     };
-    for host in hosts.iter().filter(|host| host.state == "approved") {
-        let Some(counted) = counted.get(&host.id) else {
-            continue;
-        };
-        if counted.n_checks == 0 {
-            continue;
-        }
+    for (_, passed, total) in counts.iter().filter(|(id, ..)| shown.contains(id.as_str())) {
         result.n_hosts += 1;
-        result.n_checks += counted.n_checks;
-        result.n_passed += counted.n_passed;
+        result.n_checks += usize::try_from(*total).unwrap_or(usize::MAX);
+        result.n_passed += usize::try_from(*passed).unwrap_or(usize::MAX);
     }
     Ok(result)
 }
