@@ -205,18 +205,11 @@ async fn run(dir: &Path, n_hosts: usize, full: bool) {
     }
 
     // Where the list's time goes: loading the rows, before any filter.
-    for (title, with_facts) in [
-        ("  of which fleet::host_rows", true),
-        ("  or fleet::host_rows_without_facts", false),
-    ] {
+    for title in ["  of which fleet::host_rows"] {
         let mut times = Vec::new();
         for _ in 0..n_measured.max(1) {
             let started = Instant::now();
-            let rows = if with_facts {
-                fleet::host_rows(&store).await
-            } else {
-                fleet::host_rows_without_facts(&store).await
-            };
+            let rows = fleet::host_rows(&store).await;
             times.push(started.elapsed());
             assert_eq!(rows.expect("the rows").len(), n_hosts);
         }

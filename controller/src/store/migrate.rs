@@ -46,11 +46,11 @@ macro_rules! migrations {
             },
             Migration {
                 version: 5,
-                name: "check_counts",
+                name: "dashboard",
                 sql: include_str!(concat!(
                     "../../migrations/",
                     $backend,
-                    "/0005_check_counts.sql"
+                    "/0005_dashboard.sql"
                 )),
             },
         ]

@@ -180,6 +180,19 @@ pub struct BundleRecord {
     pub expires_at: i64,
 }
 
+/// The facts group selectors match (reported ones, not `null`), as
+/// stored beside the full facts (`hosts.selector_facts`) for pages that
+/// list every host.
+pub fn selector_facts(facts: &Map<String, Value>) -> Map<String, Value> {
+    crate::compile::LABEL_FACTS
+        .iter()
+        .filter_map(|name| match facts.get(*name)? {
+            Value::Null => None,
+            value => Some((name.to_string(), value.clone())),
+        })
+        .collect()
+}
+
 /// The compliance checks of a report: how many ran and how many passed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckCounts {
@@ -548,8 +561,9 @@ impl Store {
             ..host.clone()
         };
         sqlx::query(
-            "INSERT INTO hosts (id, name, state, key, labels, facts, token_id, enrolled_at, last_seen_at, applied_generation)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)",
+            "INSERT INTO hosts (id, name, state, key, labels, facts, selector_facts, token_id,
+                enrolled_at, last_seen_at, applied_generation)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)",
         )
         .bind(&host.id)
         .bind(&host.name)
@@ -557,6 +571,7 @@ impl Store {
         .bind(&host.key)
         .bind(to_json(&host.labels))
         .bind(Value::Object(host.facts.clone()).to_string())
+        .bind(Value::Object(selector_facts(&host.facts)).to_string())
         .bind(&host.token_id)
         .bind(now)
         .bind(now)
@@ -683,8 +698,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if let Some(facts) = facts {
-            sqlx::query("UPDATE hosts SET facts = $1 WHERE id = $2")
+            sqlx::query("UPDATE hosts SET facts = $1, selector_facts = $2 WHERE id = $3")
                 .bind(Value::Object(facts.clone()).to_string())
+                .bind(Value::Object(selector_facts(facts)).to_string())
                 .bind(host_id)
                 .execute(&mut *tx)
                 .await?;
@@ -826,7 +842,20 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, selector_facts};
+
+    #[test]
+    fn only_reported_selector_facts_are_kept() {
+        let facts = serde_json::json!({
+            "os": "debian", "arch": "x86_64", "disks": [{"mount": "/"}],
+            "kernel": "6.1", "os_version": null,
+        });
+        let kept = selector_facts(facts.as_object().unwrap());
+        assert_eq!(
+            serde_json::Value::Object(kept),
+            serde_json::json!({"os": "debian", "arch": "x86_64", "kernel": "6.1"})
+        );
+    }
 
     #[test]
     fn passwords_are_redacted() {

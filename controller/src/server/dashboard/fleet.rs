@@ -5,11 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use sqlx::Row;
 
-use crate::compile::{HostInput, LABEL_FACTS};
+use crate::compile::HostInput;
 use crate::store::{Backend, BundleRecord, HostRecord, Store, StoreError};
 
 /// A host unheard of for longer than this is offline: agents long-poll
@@ -119,10 +118,7 @@ impl HostRow {
             name: host.name.clone(),
             state: host.state.as_str().to_string(),
             labels: host.labels.clone(),
-            label_facts: LABEL_FACTS
-                .iter()
-                .filter_map(|name| Some((name.to_string(), host.facts.get(*name)?.clone())))
-                .collect(),
+            label_facts: crate::store::selector_facts(&host.facts),
             enrolled_at: host.enrolled_at,
             last_seen_at: host.last_seen_at,
             applied_generation: host.applied_generation,
@@ -144,48 +140,14 @@ impl HostRow {
     }
 }
 
-/// The facts selectors use, in the order of [`LABEL_FACTS`]; facts not
-/// reported (or reported as `null`) are left out.
-fn selector_facts(values: [Option<Value>; 4]) -> Map<String, Value> {
-    LABEL_FACTS
-        .iter()
-        .zip(values)
-        .filter_map(|(name, value)| match value? {
-            Value::Null => None,
-            value => Some((name.to_string(), value)),
-        })
-        .collect()
-}
-
-/// Only the facts selectors use; the rest of the object is skipped
-/// without being built.
-#[derive(Deserialize)]
-struct LabelFacts {
-    #[serde(default)]
-    os: Option<Value>,
-    #[serde(default)]
-    os_version: Option<Value>,
-    #[serde(default)]
-    arch: Option<Value>,
-    #[serde(default)]
-    kernel: Option<Value>,
-}
-
-fn label_facts(text: &str) -> Map<String, Value> {
-    let Ok(facts) = serde_json::from_str::<LabelFacts>(text) else {
-        return Map::new();
-    };
-    selector_facts([facts.os, facts.os_version, facts.arch, facts.kernel])
-}
-
 /// One host as [`host_rows`] reads it: a JSON array in the order of the
-/// query's columns, the selector facts as an array of their own.
+/// query's columns.
 type RowJson = (
     String,
     String,
     String,
     String,
-    Option<[Option<Value>; 4]>,
+    Map<String, Value>,
     i64,
     Option<i64>,
     i64,
@@ -194,36 +156,21 @@ type RowJson = (
 
 /// Every host as one JSON array of rows, built by the database: drivers
 /// move a result row by row at a fixed cost each, which at 10,000 hosts
-/// cost more than the rest of a page. The database also picks the
-/// selector facts out of each host's facts (when asked to), so the rest
-/// (disks, interfaces, …) never leaves it. Labels stay text: embedding
-/// them as JSON costs the database more than parsing them here.
-fn hosts_sql(backend: Backend, with_facts: bool) -> String {
+/// cost more than the rest of a page. Only the selector facts kept for
+/// this (`hosts.selector_facts`) leave the database, not the inventory.
+/// Labels stay text: embedding them as JSON costs the database more than
+/// parsing them here.
+fn hosts_sql(backend: Backend) -> &'static str {
     match backend {
         Backend::Sqlite => {
-            let facts = if with_facts {
-                "json(json_extract(facts, '$.os', '$.os_version', '$.arch', '$.kernel'))"
-            } else {
-                "NULL"
-            };
-            format!(
-                "SELECT json_group_array(json_array(id, name, state, labels, {facts},
-                    enrolled_at, last_seen_at, applied_generation, run_status))
-                 FROM hosts"
-            )
+            "SELECT json_group_array(json_array(id, name, state, labels, json(selector_facts),
+                enrolled_at, last_seen_at, applied_generation, run_status))
+             FROM hosts"
         }
         Backend::Postgres => {
-            let facts = if with_facts {
-                "json_build_array(facts::json -> 'os', facts::json -> 'os_version',
-                    facts::json -> 'arch', facts::json -> 'kernel')"
-            } else {
-                "NULL"
-            };
-            format!(
-                "SELECT json_agg(json_build_array(id, name, state, labels, {facts},
-                    enrolled_at, last_seen_at, applied_generation, run_status))::text
-                 FROM hosts"
-            )
+            "SELECT json_agg(json_build_array(id, name, state, labels, selector_facts::json,
+                enrolled_at, last_seen_at, applied_generation, run_status))::text
+             FROM hosts"
         }
     }
 }
@@ -259,10 +206,10 @@ pub(crate) async fn aggregate<T: serde::de::DeserializeOwned>(
     }
 }
 
-async fn load_rows(store: &Store, with_facts: bool) -> Result<Vec<HostRow>, StoreError> {
+/// Every host, by name.
+pub async fn host_rows(store: &Store) -> Result<Vec<HostRow>, StoreError> {
     let backend = store.backend();
-    let hosts: Vec<RowJson> =
-        aggregate(store, &hosts_sql(backend, with_facts), "host rows").await?;
+    let hosts: Vec<RowJson> = aggregate(store, hosts_sql(backend), "host rows").await?;
     let heads: Vec<(String, i64, String)> =
         aggregate(store, bundle_heads_sql(backend), "bundle heads").await?;
     let mut heads: HashMap<String, (i64, String)> = heads
@@ -272,12 +219,22 @@ async fn load_rows(store: &Store, with_facts: bool) -> Result<Vec<HostRow>, Stor
     let mut rows: Vec<HostRow> = hosts
         .into_iter()
         .map(
-            |(id, name, state, labels, facts, enrolled_at, last_seen_at, applied, run_status)| {
+            |(
+                id,
+                name,
+                state,
+                labels,
+                label_facts,
+                enrolled_at,
+                last_seen_at,
+                applied,
+                run_status,
+            )| {
                 let head = heads.remove(&id);
                 let labels = serde_json::from_str(&labels)
                     .map_err(|err| StoreError::Corrupt(format!("host labels: {err}")))?;
                 Ok(HostRow {
-                    label_facts: facts.map(selector_facts).unwrap_or_default(),
+                    label_facts,
                     applied_generation: u64::try_from(applied).unwrap_or(0),
                     bundle_generation: head
                         .as_ref()
@@ -296,47 +253,6 @@ async fn load_rows(store: &Store, with_facts: bool) -> Result<Vec<HostRow>, Stor
         .collect::<Result<_, StoreError>>()?;
     rows.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     Ok(rows)
-}
-
-/// Every host, by name.
-pub async fn host_rows(store: &Store) -> Result<Vec<HostRow>, StoreError> {
-    load_rows(store, true).await
-}
-
-/// Every host, by name, without its selector facts (`label_facts` is
-/// empty): cheaper, for a page that needs the group membership of only
-/// a few hosts. Complete those with [`fill_selector_facts`] before
-/// calling [`HostRow::input`].
-pub async fn host_rows_without_facts(store: &Store) -> Result<Vec<HostRow>, StoreError> {
-    load_rows(store, false).await
-}
-
-/// Loads the selector facts of `rows`.
-pub async fn fill_selector_facts(store: &Store, rows: &mut [HostRow]) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let placeholders: Vec<String> = (1..=rows.len()).map(|n| format!("${n}")).collect();
-    let sql = format!(
-        "SELECT id, facts FROM hosts WHERE id IN ({})",
-        placeholders.join(", ")
-    );
-    let mut query = sqlx::query(&sql);
-    for row in rows.iter() {
-        query = query.bind(row.id.clone());
-    }
-    let mut facts: HashMap<String, Map<String, Value>> = HashMap::new();
-    for found in query.fetch_all(store.pool()).await? {
-        let id: String = found.try_get("id")?;
-        let text: String = found.try_get("facts")?;
-        facts.insert(id, label_facts(&text));
-    }
-    for row in rows {
-        if let Some(found) = facts.remove(&row.id) {
-            row.label_facts = found;
-        }
-    }
-    Ok(())
 }
 
 /// How far a commit has reached: of the approved hosts whose bundle in
@@ -470,29 +386,5 @@ mod tests {
                 pending: 1
             }
         );
-    }
-
-    #[test]
-    fn only_selector_facts_are_kept() {
-        let facts = label_facts(
-            r#"{"os":"debian","arch":"x86_64","disks":[{"mount":"/"}],"kernel":"6.1","os_version":null}"#,
-        );
-        assert_eq!(facts.len(), 3);
-        assert_eq!(facts["os"], "debian");
-        assert!(!facts.contains_key("disks"));
-        assert!(!facts.contains_key("os_version"), "null is not a value");
-    }
-
-    #[test]
-    fn only_reported_selector_facts_are_kept() {
-        let facts = selector_facts([
-            Some(Value::from("debian")),
-            Some(Value::Null),
-            Some(Value::from("x86_64")),
-            None,
-        ]);
-        assert_eq!(facts.len(), 2);
-        assert_eq!(facts["os"], "debian");
-        assert_eq!(facts["arch"], "x86_64");
     }
 }

@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use super::fleet::{self, HostRow, Presence, Sync};
 use super::{PageError, Viewer};
-use crate::compile::{self, HostInput, LABEL_FACTS};
+use crate::compile::{self, HostInput};
 use crate::rbac::{Grant, Need, Scope};
 use crate::server::AppState;
 use crate::store::{JobFilter, JobRecord, JobState};
@@ -151,21 +151,6 @@ fn groups_of(model: &FleetModel, input: &HostInput) -> Vec<String> {
         .collect()
 }
 
-/// Whether the group's selector reads one of the facts selectors see
-/// (`os`, `arch`, …): only then does its membership need hosts' facts.
-fn group_reads_facts(model: &FleetModel, group: &str) -> bool {
-    model
-        .groups
-        .get(group)
-        .and_then(|group| group.selector.as_ref())
-        .is_some_and(|selector| {
-            selector
-                .0
-                .keys()
-                .any(|key| LABEL_FACTS.contains(&key.as_str()))
-        })
-}
-
 /// Orders rows by the sort key; ties keep the name order they came in.
 fn sort_rows(rows: &mut [&HostRow], sort: &str, descending: bool, now: i64) {
     let by_key = |a: &&HostRow, b: &&HostRow| -> Ordering {
@@ -210,21 +195,7 @@ async fn list(
     // A fleet-wide reader sees every host: the common case skips building
     // every host's RBAC input and asking for each.
     let fleet_wide = held.iter().any(|(_, scope)| *scope == Scope::Fleet);
-    // Every host's selector facts are read only when a selector in play
-    // (the reader's scope, the group filter) or the label filter looks at
-    // one; otherwise only the page's hosts get theirs, for their groups.
-    let scope_reads_facts = held.iter().any(|(_, scope)| match scope {
-        Scope::Fleet => false,
-        Scope::Groups(groups) => groups.iter().any(|group| group_reads_facts(model, group)),
-    });
-    let every_fact = (!fleet_wide && scope_reads_facts)
-        || (!query.group.is_empty() && group_reads_facts(model, &query.group))
-        || (!query.label.is_empty() && LABEL_FACTS.contains(&label.0.as_str()));
-    let rows = if every_fact {
-        fleet::host_rows(&state.store).await?
-    } else {
-        fleet::host_rows_without_facts(&state.store).await?
-    };
+    let rows = fleet::host_rows(&state.store).await?;
     let visible: Vec<&HostRow> = if fleet_wide {
         rows.iter().collect()
     } else {
@@ -268,15 +239,12 @@ async fn list(
     let pages = n_matching.div_ceil(HOSTS_PER_PAGE).max(1);
     query.page = query.page.min(pages);
     sort_rows(&mut matching, &query.sort, query.descending, now);
-    let mut page_hosts: Vec<HostRow> = matching
+    let page_hosts: Vec<HostRow> = matching
         .iter()
         .skip((query.page - 1) * HOSTS_PER_PAGE)
         .take(HOSTS_PER_PAGE)
         .map(|row| (*row).clone())
         .collect();
-    if !every_fact {
-        fleet::fill_selector_facts(&state.store, &mut page_hosts).await?;
-    }
     let page_rows = page_hosts
         .iter()
         .map(|row| HostListRow {
