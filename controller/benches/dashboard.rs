@@ -163,6 +163,10 @@ async fn run(dir: &Path, n_hosts: usize, full: bool) {
             format!("GET /hosts/{detail_host}"),
             format!("/hosts/{detail_host}"),
         ),
+        ("GET / (overview)".into(), "/".into()),
+        ("GET /commits".into(), "/commits".into()),
+        ("GET /jobs".into(), "/jobs".into()),
+        ("GET /enrollment".into(), "/enrollment".into()),
     ];
     let (n_warm_up, n_measured) = if full {
         (N_WARM_UP, N_MEASURED)
@@ -230,12 +234,14 @@ fn ms(duration: Duration) -> f64 {
 /// Fails the run when a page is not what it should be: a fast error page
 /// would be a meaningless measurement.
 fn check(path: &str, body: &str, n_hosts: usize) {
-    let expected = if path.starts_with("/hosts/") {
-        "Resources"
-    } else if path == "/hosts" {
-        "hosts match"
-    } else {
-        "match"
+    let expected = match path {
+        "/" => "Compliance",
+        "/commits" => "in force",
+        "/jobs" => "Run a script",
+        "/enrollment" => "Enrollment tokens",
+        "/hosts" => "hosts match",
+        _ if path.starts_with("/hosts/") => "Resources",
+        _ => "match",
     };
     assert!(
         body.contains(expected),
@@ -336,22 +342,23 @@ async fn insert_hosts(store: &Store, n_hosts: usize) {
     for start in (0..n_hosts).step_by(INSERT_BATCH) {
         let end = (start + INSERT_BATCH).min(n_hosts);
         let mut sql = String::from(
-            "INSERT INTO hosts (id, name, state, key, labels, facts, token_id, enrolled_at, last_seen_at, applied_generation) VALUES ",
+            "INSERT INTO hosts (id, name, state, key, labels, facts, selector_facts, token_id, enrolled_at, last_seen_at, applied_generation) VALUES ",
         );
         for (n, _) in (start..end).enumerate() {
-            let p = n * 7;
+            let p = n * 8;
             if n > 0 {
                 sql.push(',');
             }
             sql.push_str(&format!(
-                "(${}, ${}, 'approved', ${}, ${}, ${}, NULL, ${}, ${}, 0)",
+                "(${}, ${}, 'approved', ${}, ${}, ${}, ${}, NULL, ${}, ${}, 0)",
                 p + 1,
                 p + 2,
                 p + 3,
                 p + 4,
                 p + 5,
                 p + 6,
-                p + 7
+                p + 7,
+                p + 8
             ));
         }
         let mut query = sqlx::query(&sql);
@@ -362,6 +369,12 @@ async fn insert_hosts(store: &Store, n_hosts: usize) {
                 .bind(format!("{:064x}", i))
                 .bind(labels(i).to_string())
                 .bind(facts(i).to_string())
+                .bind(
+                    serde_json::Value::Object(muster_controller::store::selector_facts(
+                        facts(i).as_object().expect("facts are an object"),
+                    ))
+                    .to_string(),
+                )
                 .bind(now - 30 * 86_400)
                 .bind(now);
         }

@@ -4,8 +4,6 @@
 //! planned by the same code as `GET /v1/plan` (which needs a bearer
 //! token, so a browser could not follow a link to it).
 
-use std::collections::HashSet;
-
 use axum::Router;
 use axum::extract::{OriginalUri, Path, State};
 use axum::response::Response;
@@ -17,7 +15,7 @@ use muster_web::commits::{self as view, CommitStatus, PlanView, Problem};
 use muster_web::overview::Rollout;
 use serde_json::Value;
 
-use super::fleet::{self, HostRow};
+use super::fleet;
 use super::{PageError, Viewer};
 use crate::server::AppState;
 use crate::server::user_api::{PlanAnswer, plan_as};
@@ -40,20 +38,10 @@ async fn list(
     viewer.require(&state, Permission::CommitsRead)?;
     let rules = state.access.current();
     let rows = fleet::host_rows(&state.store).await?;
-    let inputs: Vec<_> = rows.iter().map(HostRow::input).collect();
     // Rollouts count only the hosts the user may read: the bar must not
     // reveal hosts outside their scope.
-    let readable: HashSet<&str> = rules
-        .hosts_in_scope(&viewer.caller(), Permission::HostsRead, &inputs)
-        .into_iter()
-        .map(|input| input.id.as_str())
-        .collect();
-    let in_scope: Vec<HostRow> = rows
-        .iter()
-        .filter(|row| readable.contains(row.id.as_str()))
-        .cloned()
-        .collect();
-    let rollouts = fleet::rollouts(&in_scope);
+    let readable = fleet::in_scope(&rules, &viewer.caller(), Permission::HostsRead, &rows);
+    let rollouts = fleet::rollouts(readable);
     let in_force = state.store.deployed_commit().await?.map(|commit| commit.id);
     let commits = state
         .store

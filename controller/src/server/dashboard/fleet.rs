@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Map, Value};
 use sqlx::Row;
 
+use muster_schemas::model::Permission;
+
 use crate::compile::HostInput;
+use crate::rbac::{AccessRules, Caller, Need, Scope};
 use crate::store::{Backend, BundleRecord, HostRecord, Store, StoreError};
 
 /// A host unheard of for longer than this is offline: agents long-poll
@@ -255,6 +258,37 @@ pub async fn host_rows(store: &Store) -> Result<Vec<HostRow>, StoreError> {
     Ok(rows)
 }
 
+/// Whether `caller` holds `permission` fleet-wide: then every host is in
+/// scope, and no host's RBAC input needs building (the common case).
+pub fn holds_fleet_wide(rules: &AccessRules, caller: &Caller, permission: Permission) -> bool {
+    let need = Need::Permission(permission);
+    rules
+        .permissions_of(caller)
+        .iter()
+        .any(|(grant, scope)| *scope == Scope::Fleet && grant.covers(&need))
+}
+
+/// The rows on which `caller` holds `permission`, in their order.
+pub fn in_scope<'r>(
+    rules: &AccessRules,
+    caller: &Caller,
+    permission: Permission,
+    rows: &'r [HostRow],
+) -> Vec<&'r HostRow> {
+    if holds_fleet_wide(rules, caller, permission) {
+        return rows.iter().collect();
+    }
+    let inputs: Vec<HostInput> = rows.iter().map(HostRow::input).collect();
+    let ids: std::collections::HashSet<&str> = rules
+        .hosts_in_scope(caller, permission, &inputs)
+        .into_iter()
+        .map(|input| input.id.as_str())
+        .collect();
+    rows.iter()
+        .filter(|row| ids.contains(row.id.as_str()))
+        .collect()
+}
+
 /// How far a commit has reached: of the approved hosts whose bundle in
 /// force it set, how many applied it, failed, or have yet to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -271,9 +305,9 @@ impl Rollout {
 }
 
 /// The rollout of every commit that is the bundle commit of some host.
-pub fn rollouts(hosts: &[HostRow]) -> HashMap<String, Rollout> {
+pub fn rollouts<'h>(hosts: impl IntoIterator<Item = &'h HostRow>) -> HashMap<String, Rollout> {
     let mut rollouts: HashMap<String, Rollout> = HashMap::new();
-    for host in hosts.iter().filter(|host| host.state == "approved") {
+    for host in hosts.into_iter().filter(|host| host.state == "approved") {
         let (Some(commit), Some(generation)) = (&host.bundle_commit, host.bundle_generation) else {
             continue;
         };

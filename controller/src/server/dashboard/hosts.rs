@@ -9,7 +9,7 @@
 //! and for every row only when the group or label filter asks for it.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -30,7 +30,6 @@ use serde::Deserialize;
 use super::fleet::{self, HostRow, Presence, Sync};
 use super::{PageError, Viewer};
 use crate::compile::{self, HostInput};
-use crate::rbac::{Grant, Need, Scope};
 use crate::server::AppState;
 use crate::store::{JobFilter, JobRecord, JobState};
 
@@ -186,29 +185,8 @@ async fn list(
         |(key, value)| (key.trim().to_string(), Some(value.trim().to_string())),
     );
     let caller = viewer.caller();
-    let need = Need::Permission(Permission::HostsRead);
-    let held: Vec<(Grant, Scope)> = rules
-        .permissions_of(&caller)
-        .into_iter()
-        .filter(|(grant, _)| grant.covers(&need))
-        .collect();
-    // A fleet-wide reader sees every host: the common case skips building
-    // every host's RBAC input and asking for each.
-    let fleet_wide = held.iter().any(|(_, scope)| *scope == Scope::Fleet);
     let rows = fleet::host_rows(&state.store).await?;
-    let visible: Vec<&HostRow> = if fleet_wide {
-        rows.iter().collect()
-    } else {
-        let inputs: Vec<HostInput> = rows.iter().map(HostRow::input).collect();
-        let ids: HashSet<&str> = rules
-            .hosts_in_scope(&caller, need, &inputs)
-            .into_iter()
-            .map(|input| input.id.as_str())
-            .collect();
-        rows.iter()
-            .filter(|row| ids.contains(row.id.as_str()))
-            .collect()
-    };
+    let visible = fleet::in_scope(&rules, &caller, Permission::HostsRead, &rows);
     let n_hosts = visible.len();
 
     let needle = query.q.to_lowercase();

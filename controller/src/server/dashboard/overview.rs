@@ -17,7 +17,7 @@ use muster_web::parts::Tone;
 use super::fleet::{self, HostRow, Presence, Sync};
 use super::{PageError, Viewer};
 use crate::compile::HostInput;
-use crate::rbac::{AccessRules, Caller, Need, Scope};
+use crate::rbac::{AccessRules, Caller};
 use crate::server::AppState;
 use crate::store::{ActionRecord, ActionState, Backend, CommitState, JobFilter, Store, StoreError};
 
@@ -67,11 +67,7 @@ async fn show(
         // not reveal hosts outside their scope. Most users read every
         // host, and then the rows need no copy.
         let rollouts = match &readable {
-            Some(readable) if readable.len() == rows.len() => fleet::rollouts(&rows),
-            Some(readable) => {
-                let in_scope: Vec<HostRow> = readable.iter().map(|row| (*row).clone()).collect();
-                fleet::rollouts(&in_scope)
-            }
+            Some(readable) => fleet::rollouts(readable.iter().copied()),
             None => HashMap::new(),
         };
         Card::Shown(last_commits(&state.store, &rollouts).await?)
@@ -108,18 +104,13 @@ fn held_on(
     rows: &[HostRow],
     inputs: &OnceCell<Vec<HostInput>>,
 ) -> Option<HashSet<String>> {
-    let need = Need::Permission(permission);
-    let fleet_wide = rules
-        .permissions_of(caller)
-        .iter()
-        .any(|(grant, scope)| *scope == Scope::Fleet && grant.covers(&need));
-    if fleet_wide {
+    if fleet::holds_fleet_wide(rules, caller, permission) {
         return None;
     }
     let inputs = inputs.get_or_init(|| rows.iter().map(HostRow::input).collect());
     Some(
         rules
-            .hosts_in_scope(caller, need, inputs)
+            .hosts_in_scope(caller, permission, inputs)
             .into_iter()
             .map(|input| input.id.clone())
             .collect(),
