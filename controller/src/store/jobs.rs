@@ -387,7 +387,7 @@ impl Store {
     /// exists already fails the whole creation with
     /// [`StoreError::Conflict`]: that slot was scheduled before.
     pub async fn create_action(&self, action: &NewAction, jobs: &[NewJob]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO actions (id, kind, requested_by, request_id, summary, targets, parameters, source,
                 max_parallel, failure_threshold, state, created_at, audit_commit)
@@ -479,7 +479,7 @@ impl Store {
     /// marks it completed. Idempotent: calling it again changes nothing
     /// until a job moves on.
     pub async fn release(&self, action_id: &str, now: i64) -> Result<Release> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // The lock: see "Several writers" in the module docs.
         let locked = sqlx::query("UPDATE actions SET state = state WHERE id = $1")
             .bind(action_id)
@@ -687,7 +687,7 @@ impl Store {
     /// Output is bounded first ([`JobResult::bounded`]).
     pub async fn record_result(&self, host_id: &str, result: &JobResult) -> Result<ResultOutcome> {
         let result = result.clone().bounded();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // The lock: see "Several writers" in the module docs.
         let locked = sqlx::query("UPDATE jobs SET attempts = attempts WHERE id = $1")
             .bind(&result.job_id)
@@ -789,7 +789,7 @@ impl Store {
     /// jobs in flight finish. Returns how many jobs were cancelled, or
     /// `None` when there is no such action.
     pub async fn cancel_action(&self, action_id: &str, now: i64) -> Result<Option<u64>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let locked = sqlx::query(
             "UPDATE actions SET state = 'cancelled', finished_at = $2
              WHERE id = $1 AND state = 'running'",

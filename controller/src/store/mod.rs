@@ -284,6 +284,18 @@ impl Store {
         Ok(store)
     }
 
+    /// A transaction that writes. On SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`): a deferred transaction that reads, then
+    /// writes after another connection committed, fails with "database is
+    /// locked" at once, busy timeout or not; an immediate one waits its
+    /// turn. PostgreSQL's transactions need nothing of the kind.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -368,7 +380,7 @@ impl Store {
     /// generation is not above the stored one aborts the whole publication
     /// (generations never go backwards, even with two writers).
     pub async fn publish(&self, commit: &CommitRecord, bundles: &[BundleRecord]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Many rows per statement: a publication to thousands of hosts is a
         // few dozen round trips, not thousands.
         for chunk in bundles.chunks(PUBLISH_BATCH) {
@@ -520,7 +532,7 @@ impl Store {
         host: &HostRecord,
         now: i64,
     ) -> Result<std::result::Result<HostRecord, EnrollRefusal>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // The guarded UPDATE claims one use atomically, also against a
         // concurrent enrollment with the same token.
         let claimed = sqlx::query(
@@ -642,7 +654,7 @@ impl Store {
 
     /// Removes a host with its bundle and reports.
     pub async fn remove_host(&self, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM reports WHERE host_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -673,7 +685,7 @@ impl Store {
     ) -> Result<()> {
         let generation = i64::try_from(generation)
             .map_err(|_| StoreError::Corrupt("generation out of range".into()))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO reports (host_id, generation, received_at, body) VALUES ($1, $2, $3, $4)",
         )

@@ -53,7 +53,7 @@ impl Store {
         specs: &[ScheduleSpec],
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE schedules SET active = 0, updated_at = $1 WHERE active = 1")
             .bind(now)
             .execute(&mut *tx)

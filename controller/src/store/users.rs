@@ -119,7 +119,7 @@ impl Store {
         break_glass: bool,
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let existing = sqlx::query("SELECT disabled_at FROM users WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -193,7 +193,7 @@ impl Store {
     /// Replaces a user's password: its sessions end and a lockout is
     /// lifted; its API tokens stay. False when there is no such user.
     pub async fn set_password(&self, name: &str, password_hash: &str, now: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE users SET password_hash = $1, updated_at = $2
              WHERE name = $3 AND disabled_at IS NULL",
@@ -219,7 +219,7 @@ impl Store {
     /// Removes a user: disables it and revokes its sessions and API
     /// tokens. False when there is no such user.
     pub async fn remove_user(&self, name: &str, now: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE users SET disabled_at = $1, updated_at = $1
              WHERE name = $2 AND disabled_at IS NULL",
@@ -306,7 +306,7 @@ impl Store {
     /// Stores a new API token for an existing user. Its name must not be
     /// held by another token that is not revoked.
     pub async fn create_api_token(&self, token: &ApiTokenRecord, token_hash: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let user = sqlx::query("SELECT name FROM users WHERE name = $1 AND disabled_at IS NULL")
             .bind(&token.user)
             .fetch_optional(&mut *tx)
@@ -372,7 +372,7 @@ impl Store {
     /// Revokes an API token by id; returns it, or `None` when there is no
     /// such token or it was revoked already.
     pub async fn revoke_api_token(&self, id: &str, now: i64) -> Result<Option<ApiTokenRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let result = sqlx::query(
             "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
         )
@@ -464,7 +464,7 @@ impl Store {
         if let Err(err) = swept {
             tracing::debug!(error = %err, "cannot sweep old login failures; the next attempt will");
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // A write first: it takes SQLite's write lock for the whole
         // transaction and makes sure the row exists for PostgreSQL's
         // row lock below, so two attempts never read the same count.

@@ -6,14 +6,14 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use muster_controller::audit::{AuditLog, Entry, Filter, RecordKind};
-use muster_controller::store::{JobSource, NewAction, NewJob};
+
 use muster_schemas::protocol::HostState;
 use serde_json::json;
 
 use crate::backends;
 use crate::db::TestDb;
 use crate::harness::{Agent, Harness, eventually};
-use crate::support::dashboard::{Page, Session, add_user, login, send};
+use crate::support::dashboard::{Page, Session, add_user, login, send, store_script_action};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -119,37 +119,14 @@ backends!(
             // web-02 never reports: it is behind its bundle.
             bundle_of(&harness, &web_02).await;
 
-            harness
-                .store
-                .create_action(
-                    &NewAction {
-                        id: "a1".into(),
-                        kind: "script".into(),
-                        requested_by: "alice".into(),
-                        request_id: None,
-                        summary: "run restart-service on db-01".into(),
-                        targets: json!({"hosts": ["db-01"]}),
-                        parameters: json!({"service": "postgresql"}),
-                        source: JobSource::AdHoc,
-                        max_parallel: None,
-                        failure_threshold: None,
-                        created_at: now,
-                        audit_commit: None,
-                    },
-                    &[NewJob {
-                        id: "a1-db-01".into(),
-                        host_id: db_01.host_id.clone(),
-                        kind: "script".into(),
-                        payload: "{}".into(),
-                        signature: "signature".into(),
-                        run_timeout: 600,
-                        expires_at: now + 3_600,
-                        schedule_key: None,
-                        not_before: None,
-                    }],
-                )
-                .await
-                .unwrap();
+            store_script_action(
+                &harness,
+                "run restart-service on db-01",
+                &db_01.host_id,
+                json!({"service": "postgresql"}),
+                "{}",
+            )
+            .await;
 
             let deployed = harness.store.deployed_commit().await.unwrap().unwrap();
             let page = alice.get("/").await;

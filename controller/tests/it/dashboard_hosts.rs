@@ -6,14 +6,16 @@ use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
 use muster_controller::server::agent_api::token_hash;
-use muster_controller::store::{HostRecord, JobSource, NewAction, NewJob};
+use muster_controller::store::HostRecord;
 use muster_schemas::protocol::HostState;
 use serde_json::{Map, Value, json};
 
 use crate::backends;
 use crate::db::TestDb;
 use crate::harness::{Agent, Harness, eventually};
-use crate::support::dashboard::{Page, Session, add_user, get_anonymous, login};
+use crate::support::dashboard::{
+    Page, Session, add_user, get_anonymous, login, store_script_action,
+};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -109,37 +111,14 @@ async fn fleet(harness: &Harness) -> Fleet {
     assert_eq!(fleet.db_01.report(&report).await.status(), 202);
     bundle_of(harness, &fleet.web_02).await;
 
-    harness
-        .store
-        .create_action(
-            &NewAction {
-                id: "a1".into(),
-                kind: "script".into(),
-                requested_by: "alice".into(),
-                request_id: None,
-                summary: "run restart-service on web-01".into(),
-                targets: json!({"hosts": ["web-01"]}),
-                parameters: json!({"service": "nginx"}),
-                source: JobSource::AdHoc,
-                max_parallel: None,
-                failure_threshold: None,
-                created_at: now,
-                audit_commit: None,
-            },
-            &[NewJob {
-                id: "a1-web-01".into(),
-                host_id: fleet.web_01.host_id.clone(),
-                kind: "script".into(),
-                payload: r#"{"secret":"do-not-show-this-payload"}"#.into(),
-                signature: "signature".into(),
-                run_timeout: 600,
-                expires_at: now + 3_600,
-                schedule_key: None,
-                not_before: None,
-            }],
-        )
-        .await
-        .unwrap();
+    store_script_action(
+        harness,
+        "run restart-service on web-01",
+        &fleet.web_01.host_id,
+        json!({"service": "nginx"}),
+        r#"{"secret":"do-not-show-this-payload"}"#,
+    )
+    .await;
     fleet
 }
 

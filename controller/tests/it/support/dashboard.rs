@@ -155,3 +155,48 @@ impl Session {
         post_form(&self.router, path, Some(&self.cookie), fields).await
     }
 }
+
+/// Stores a running ad-hoc script action `a1` by alice with one job,
+/// `a1-<host>`, as if made through the API: pages that list jobs have one
+/// to show without an agent running it.
+pub(crate) async fn store_script_action(
+    harness: &Harness,
+    summary: &str,
+    host_id: &str,
+    parameters: serde_json::Value,
+    payload: &str,
+) {
+    use muster_controller::store::{JobSource, NewAction, NewJob};
+    let now = muster_controller::server::now();
+    harness
+        .store
+        .create_action(
+            &NewAction {
+                id: "a1".into(),
+                kind: "script".into(),
+                requested_by: "alice".into(),
+                request_id: None,
+                summary: summary.into(),
+                targets: serde_json::json!({"hosts": [host_id]}),
+                parameters,
+                source: JobSource::AdHoc,
+                max_parallel: None,
+                failure_threshold: None,
+                created_at: now,
+                audit_commit: None,
+            },
+            &[NewJob {
+                id: format!("a1-{host_id}"),
+                host_id: host_id.into(),
+                kind: "script".into(),
+                payload: payload.into(),
+                signature: "signature".into(),
+                run_timeout: 600,
+                expires_at: now + 3_600,
+                schedule_key: None,
+                not_before: None,
+            }],
+        )
+        .await
+        .unwrap();
+}
