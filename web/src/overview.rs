@@ -226,7 +226,7 @@ fn commits_panel(now: i64, commits: &Card<Vec<Commit>>) -> Markup {
                         tbody {
                             @for commit in commits {
                                 tr {
-                                    td.mono { a href=(format!("/commits/{}", commit.id)) { (parts::short_commit(&commit.id)) } }
+                                    td.mono { a href=(format!("/commits#{}", commit.id)) { (parts::short_commit(&commit.id)) } }
                                     td { (parts::badge(commit.tone, commit.state)) }
                                     td { (commit.summary) }
                                     td { (commit.author) }
@@ -260,7 +260,7 @@ fn actions_panel(now: i64, actions: &Card<Vec<Action>>) -> Markup {
                         tbody {
                             @for action in actions {
                                 tr {
-                                    td { a href=(format!("/jobs?action={}", action.id)) { (action.summary) } }
+                                    td { a href=(format!("/jobs/{}", action.id)) { (action.summary) } }
                                     td { (parts::badge(action.tone, action.state)) }
                                     td { (action.requested_by) }
                                     td { (parts::time(now, action.created_at)) }

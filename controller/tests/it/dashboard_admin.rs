@@ -148,6 +148,15 @@ backends!(
                 "sse:hosts, sse:commits, sse:jobs, sse:enrollment",
             ]);
             assert!(!page.body.contains("No hosts yet"), "{}", page.body);
+            // Each line links to a page that exists: the commit's row on
+            // the commits page, the action's page.
+            let commit_link = format!(r#"href="/commits#{}""#, deployed.id);
+            assert!(page.body.contains(&commit_link), "{}", page.body);
+            assert!(page.body.contains(r#"href="/jobs/a1""#), "{}", page.body);
+            alice
+                .get("/jobs/a1")
+                .await
+                .assert_shows(&["run restart-service on db-01"]);
             assert!(
                 !page.body.contains(" style="),
                 "CSP forbids style attributes"
