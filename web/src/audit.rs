@@ -190,17 +190,10 @@ fn table(now: i64, rows: &[Row]) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{Nav, Section};
+    use crate::layout::Section;
 
     fn chrome() -> Chrome {
-        Chrome {
-            user: "alice".into(),
-            csrf: "t".into(),
-            nav: Nav::default(),
-            section: Section::Audit,
-            now: 1_000,
-            notice: None,
-        }
+        crate::layout::test_chrome(Section::Audit, "t")
     }
 
     fn audit(rows: Vec<Row>, any_records: bool) -> Audit {

@@ -202,17 +202,10 @@ pub fn plan(chrome: &Chrome, id: &str, view: &PlanView) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{Nav, Section};
+    use crate::layout::Section;
 
     fn chrome() -> Chrome {
-        Chrome {
-            user: "alice".into(),
-            csrf: "token".into(),
-            nav: Nav::default(),
-            section: Section::Commits,
-            now: 1_000,
-            notice: None,
-        }
+        crate::layout::test_chrome(Section::Commits, "token")
     }
 
     fn commit(status: CommitStatus) -> Commit {

@@ -255,17 +255,10 @@ fn created_panel(now: i64, created: &Created) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{Nav, Section};
+    use crate::layout::Section;
 
     fn chrome() -> Chrome {
-        Chrome {
-            user: "alice".into(),
-            csrf: "csrf-1".into(),
-            nav: Nav::default(),
-            section: Section::Enrollment,
-            now: 1_000,
-            notice: None,
-        }
+        crate::layout::test_chrome(Section::Enrollment, "csrf-1")
     }
 
     #[test]

@@ -473,17 +473,10 @@ pub fn detail(chrome: &Chrome, action: &ActionDetail) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{Nav, Section};
+    use crate::layout::Section;
 
     fn chrome() -> Chrome {
-        Chrome {
-            user: "alice".into(),
-            csrf: "csrf-token".into(),
-            nav: Nav::default(),
-            section: Section::Jobs,
-            now: 1_000,
-            notice: None,
-        }
+        crate::layout::test_chrome(Section::Jobs, "csrf-token")
     }
 
     fn field(name: &str, kind: FieldKind) -> Field {

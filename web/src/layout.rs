@@ -194,3 +194,17 @@ pub fn error(chrome: Option<&Chrome>, status: u16, message: &str) -> Markup {
         },
     }
 }
+
+/// The frame of a page in unit tests: alice, at time 1,000, with CSRF
+/// token `csrf`.
+#[cfg(test)]
+pub(crate) fn test_chrome(section: Section, csrf: &str) -> Chrome {
+    Chrome {
+        user: "alice".into(),
+        csrf: csrf.into(),
+        nav: Nav::default(),
+        section,
+        now: 1_000,
+        notice: None,
+    }
+}

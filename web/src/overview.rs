@@ -279,17 +279,10 @@ fn actions_panel(now: i64, actions: &Card<Vec<Action>>) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{Nav, Section};
+    use crate::layout::Section;
 
     fn chrome() -> Chrome {
-        Chrome {
-            user: "alice".into(),
-            csrf: "t".into(),
-            nav: Nav::default(),
-            section: Section::Overview,
-            now: 1_000,
-            notice: None,
-        }
+        crate::layout::test_chrome(Section::Overview, "t")
     }
 
     #[test]
