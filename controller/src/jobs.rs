@@ -271,8 +271,10 @@ pub async fn create_action_for(
     })
 }
 
-/// Applies the rollout rule to an action ([`Store::release`]) and wakes
-/// the agents of the hosts that got a job queued.
+/// Applies the rollout rule to an action ([`Store::release`]), wakes the
+/// agents of the hosts that got a job queued, and tells open dashboards.
+/// Every change of an action's jobs (created, a result, cancelled,
+/// expired) passes here.
 pub async fn release_and_notify(
     store: &Store,
     hub: &Hub,
@@ -281,6 +283,7 @@ pub async fn release_and_notify(
 ) -> Result<Release, StoreError> {
     let release = store.release(action_id, now).await?;
     hub.notify_jobs(release.queued_hosts.iter().map(String::as_str));
+    hub.ui.notify(crate::server::hub::Topic::Jobs);
     Ok(release)
 }
 

@@ -458,7 +458,6 @@ async fn job_result(
             );
             let release =
                 crate::jobs::release_and_notify(&state.store, &state.hub, &action_id, now).await?;
-            state.hub.ui.notify(Topic::Jobs);
             // An action that ended gets its outcome in the audit repository.
             if release.state != Some(crate::store::ActionState::Running) {
                 state.outcomes.poke();

@@ -154,7 +154,6 @@ impl Hub {
 
     /// Wakes the agents waiting for jobs on these hosts.
     pub fn notify_jobs<'a>(&self, host_ids: impl IntoIterator<Item = &'a str>) {
-        self.ui.notify(Topic::Jobs);
         let mut jobs = lock(&self.jobs);
         for host_id in host_ids {
             if let Some(sender) = jobs.get(host_id) {
@@ -219,7 +218,11 @@ mod tests {
         let mut a = hub.subscribe_jobs("a");
         let b = hub.subscribe_jobs("b");
         let mut bundles = hub.subscribe("a");
+        let mut dashboards = hub.ui.subscribe();
         hub.notify_jobs(["a"]);
+        // Waking agents is no change to show: the job sweep wakes them
+        // every second.
+        assert!(dashboards.try_recv().is_err(), "a wake-up is not news");
         a.changed().await.unwrap();
         assert!(!b.has_changed().unwrap());
         assert!(!bundles.has_changed().unwrap(), "jobs are not bundles");
