@@ -189,11 +189,7 @@ impl Viewer {
     /// Whether the user holds `permission` anywhere (on some hosts, or
     /// fleet-wide for a fleet-wide one).
     pub fn may(&self, state: &AppState, permission: Permission) -> bool {
-        state
-            .access
-            .current()
-            .authorize(&self.caller(), Need::Permission(permission), &[])
-            .is_ok()
+        self.require(state, permission).is_ok()
     }
 
     /// Refuses with a 403 page unless the user holds `permission`
